@@ -1,0 +1,123 @@
+"""Item text and ordered user histories on top of RecBole's datasets.
+
+Every LLM method needs a text per item (prompts, the text encoder) and each
+user's history in time order.  Text is read from the raw ``.item`` atomic file
+rather than from RecBole's feature tables: RecBole tokenises ``token_seq``
+fields into ids, may truncate them (``seq_len``) and would turn text fields
+into model features of context-aware models.  Reading the file keeps the text
+exact and leaves the features a baseline sees unchanged.
+"""
+import os
+
+import numpy as np
+import pandas as pd
+from recbole.data.dataset import Dataset, SequentialDataset
+
+from recbole_llm.data.atomic import AtomicFileError, atomic_path, read_header
+
+
+class ItemTextMixin:
+    """Adds ``item_texts()`` and ``user_histories()`` to a RecBole dataset.
+
+    Settings: ``item_text_fields`` (list of ``.item`` fields, in order),
+    ``item_text_keyed`` (write ``field: value`` pairs or bare values).
+    """
+
+    def __init__(self, config):
+        self._check_text_fields(config)
+        self._item_texts = None
+        super().__init__(config)
+
+    @staticmethod
+    def _check_text_fields(config):
+        fields = config["item_text_fields"]
+        if not fields:
+            raise ValueError(
+                f"dataset '{config['dataset']}': item_text_fields is empty; name the .item "
+                "fields that describe an item (e.g. item_text_fields: [title, categories]) "
+                "in properties/dataset/<name>.yaml or on the command line")
+        path = atomic_path(config, "item")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"dataset '{config['dataset']}': item text needs {path}, which is missing")
+        header = read_header(path, config["field_separator"], config["encoding"] or "utf-8")
+        missing = [f for f in fields if f not in header]
+        if missing:
+            raise AtomicFileError(
+                f"{path}: item_text_fields names {missing}, which the file does not have "
+                f"(its fields: {list(header)})")
+        if config["ITEM_ID_FIELD"] not in header:
+            raise AtomicFileError(f"{path}: no '{config['ITEM_ID_FIELD']}' column")
+
+    def _load_item_texts(self):
+        config = self.config
+        path = atomic_path(config, "item")
+        fields = list(config["item_text_fields"])
+        keyed = config["item_text_keyed"] if config["item_text_keyed"] is not None else True
+        frame = pd.read_csv(path, sep=config["field_separator"], dtype=str, header=0,
+                            keep_default_na=False, encoding=config["encoding"] or "utf-8")
+        frame.columns = [c.split(":", 1)[0] for c in frame.columns]
+        token2id = self.field2token_id[self.iid_field]
+        texts = [""] * self.item_num
+        for row in frame[[self.iid_field] + fields].itertuples(index=False):
+            item = token2id.get(row[0])
+            if item is None:
+                continue  # item filtered out of this dataset
+            parts = []
+            for name, value in zip(fields, row[1:]):
+                value = " ".join(value.replace("_", " ").split())
+                if value:
+                    parts.append(f"{name}: {value}" if keyed else value)
+            texts[item] = "; ".join(parts)
+        missing = sum(1 for t in texts[1:] if not t)
+        if missing:
+            self.logger.warning(f"{missing} of {self.item_num - 1} items have no text in {path}")
+        return texts
+
+    def item_texts(self) -> list:
+        """Text of every item, indexed by RecBole's internal item id (0 = padding)."""
+        if self._item_texts is None:
+            self._item_texts = self._load_item_texts()
+        return self._item_texts
+
+    def user_histories(self) -> list:
+        """Each user's items in time order, indexed by internal user id.
+
+        On a split dataset (``train_data.dataset``) this holds only that split's
+        interactions.  For sequential datasets, whose rows are (prefix, target)
+        pairs, a user's history is its longest prefix plus that target, so it is
+        capped at ``MAX_ITEM_LIST_LENGTH + 1`` items.
+        """
+        inter = self.inter_feat
+        users = inter[self.uid_field].numpy()
+        items = inter[self.iid_field].numpy()
+        histories = [np.zeros(0, dtype=np.int64) for _ in range(self.user_num)]
+        list_field = getattr(self, "item_id_list_field", None)
+        if list_field and list_field in inter:
+            lengths = inter[self.item_list_length_field].numpy()
+            seqs = inter[list_field].numpy()
+            best = {}
+            for row, (u, n) in enumerate(zip(users, lengths)):
+                if n >= best.get(u, (-1, -1))[0]:
+                    best[u] = (n, row)
+            for u, (n, row) in best.items():
+                histories[u] = np.append(seqs[row, :n], items[row]).astype(np.int64)
+            return histories
+        if self.time_field and self.time_field in inter:
+            order = np.lexsort((inter[self.time_field].numpy(), users))
+        else:
+            order = np.argsort(users, kind="stable")
+        users, items = users[order], items[order]
+        bounds = np.flatnonzero(np.diff(users)) + 1
+        for chunk_u, chunk_i in zip(np.split(users, bounds), np.split(items, bounds)):
+            if len(chunk_u):
+                histories[chunk_u[0]] = chunk_i.astype(np.int64)
+        return histories
+
+
+class TextDataset(ItemTextMixin, Dataset):
+    """General / context-aware dataset with item text."""
+
+
+class SequentialTextDataset(ItemTextMixin, SequentialDataset):
+    """Sequential dataset with item text."""

@@ -1,0 +1,92 @@
+"""Explicit model registry: model name -> (model, dataset, trainer) classes.
+
+Plugin models are listed here by name, nothing is guessed from strings; names
+not listed fall back to RecBole's own ``get_model`` / ``get_trainer`` and the
+dataset class RecBole's ``create_dataset`` would pick.  Entries are imported
+lazily so that ``import recbole_llm`` stays cheap (no transformers import for a
+BPR run).  Users add their own models with :func:`register`.
+"""
+import importlib
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from recbole.utils import get_model as _recbole_get_model
+from recbole.utils import get_trainer as _recbole_get_trainer
+
+from recbole_llm.trainer import with_weights_only_checkpoints
+
+ClassRef = Union[str, type]
+
+
+@dataclass(frozen=True)
+class PluginModel:
+    """One registry entry; class references are classes or ``"module:Class"``."""
+
+    name: str
+    model: ClassRef
+    dataset: Optional[ClassRef] = None  # None: RecBole's choice for the model type
+    trainer: Optional[ClassRef] = None  # None: RecBole's choice for the model type
+
+
+def _resolve(ref: ClassRef) -> type:
+    if isinstance(ref, type):
+        return ref
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+_PLUGIN_MODELS: dict = {}
+
+
+def register(name: str, model: ClassRef, dataset: Optional[ClassRef] = None,
+             trainer: Optional[ClassRef] = None, replace: bool = False) -> PluginModel:
+    """Add a model to the registry (the plugin's own and users' models alike)."""
+    if name in _PLUGIN_MODELS and not replace:
+        raise ValueError(f"model '{name}' is already registered")
+    entry = PluginModel(name, model, dataset, trainer)
+    _PLUGIN_MODELS[name] = entry
+    return entry
+
+
+def unregister(name: str) -> None:
+    _PLUGIN_MODELS.pop(name, None)
+
+
+def plugin_model_names() -> list:
+    return sorted(_PLUGIN_MODELS)
+
+
+def is_plugin_model(name: str) -> bool:
+    return name in _PLUGIN_MODELS
+
+
+def get_model_class(name: str) -> type:
+    if name in _PLUGIN_MODELS:
+        return _resolve(_PLUGIN_MODELS[name].model)
+    try:
+        return _recbole_get_model(name)
+    except ValueError:
+        raise ValueError(
+            f"unknown model '{name}': it is neither a recbole-llm model "
+            f"({', '.join(plugin_model_names()) or 'none registered'}) nor a RecBole model. "
+            "Model names are case-sensitive, e.g. --model=SASRec."
+        ) from None
+
+
+def get_dataset_class(name: str) -> Optional[type]:
+    """The plugin's dataset class for ``name``, or None to let RecBole choose."""
+    entry = _PLUGIN_MODELS.get(name)
+    return _resolve(entry.dataset) if entry and entry.dataset else None
+
+
+def get_trainer_class(name: str, model_type) -> type:
+    """Trainer for the model, always with weights-only-loadable checkpoints."""
+    entry = _PLUGIN_MODELS.get(name)
+    if entry and entry.trainer:
+        trainer = _resolve(entry.trainer)
+    else:
+        trainer = _recbole_get_trainer(model_type, name)
+    return with_weights_only_checkpoints(trainer)
+
+
+# --- the plugin's own models (one line each, added as they land) -----------
