@@ -17,6 +17,8 @@ that would otherwise fail *silently* is refused loudly instead.
 * torch >= 2.6 loads checkpoints weights-only; the plugin trainer writes
   checkpoints that load that way (``recbole_llm.trainer``).
 """
+import warnings
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -59,7 +61,18 @@ def check_pandas_copy_on_write():
         )
 
 
+def _quiet_known_warnings():
+    """Warnings RecBole triggers on every run that this module already handles."""
+    # pandas 2.x chained-assignment notice for RecBole's fillna(inplace=True):
+    # it still fills under pandas < 3, which _check_pandas enforces.
+    warnings.filterwarnings("ignore", category=FutureWarning,
+                            module=r"recbole\.data\.dataset\.dataset")
+    # torch.cuda.amp.GradScaler renamed; RecBole's trainer still uses the old name.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.trainer\.trainer")
+
+
 def apply():
+    _quiet_known_warnings()
     _patch_numpy()
     _patch_scipy()
     _check_pandas()

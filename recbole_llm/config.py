@@ -18,6 +18,7 @@ import sys
 import recbole
 import yaml
 from recbole.config import Config as _RecBoleConfig
+from recbole.utils import ModelType
 
 from recbole_llm import registry
 
@@ -99,6 +100,16 @@ class Config(_RecBoleConfig):
         super().__init__(model=model_ref, dataset=dataset,
                          config_file_list=plugin_files + user_files, config_dict=config_dict)
         self._check_options(model_name, dataset, user_files)
+
+    def _set_default_parameters(self):
+        # RecBole's overall.yaml samples one negative per positive, yet its
+        # sequential models with the (default) CE loss refuse to start unless
+        # negative sampling is off.  Turn it off unless the user asked for it.
+        final = self.final_config_dict
+        if (final.get("MODEL_TYPE") == ModelType.SEQUENTIAL and final.get("loss_type") == "CE"
+                and "train_neg_sample_args" not in self.external_config_dict):
+            final["train_neg_sample_args"] = None
+        super()._set_default_parameters()
 
     def _check_options(self, model, dataset, user_files):
         if not self.final_config_dict.get("strict_options", True):

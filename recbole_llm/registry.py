@@ -7,10 +7,11 @@ lazily so that ``import recbole_llm`` stays cheap (no transformers import for a
 BPR run).  Users add their own models with :func:`register`.
 """
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from recbole.utils import get_model as _recbole_get_model
+from recbole.utils import get_model as _recbole_get_model  # exlib models only
 from recbole.utils import get_trainer as _recbole_get_trainer
 
 from recbole_llm.trainer import with_weights_only_checkpoints
@@ -60,17 +61,34 @@ def is_plugin_model(name: str) -> bool:
     return name in _PLUGIN_MODELS
 
 
+_RECBOLE_MODEL_PACKAGES = ("general_recommender", "context_aware_recommender",
+                           "sequential_recommender", "knowledge_aware_recommender")
+_RECBOLE_EXLIB_MODELS = {"xgboost", "lightgbm"}  # need optional packages
+
+
+def _recbole_model(name: str) -> Optional[type]:
+    """RecBole's class for ``name``, or None; never imports the exlib package
+    (it needs xgboost and lightgbm) unless one of those models is asked for."""
+    if name.lower() in _RECBOLE_EXLIB_MODELS:
+        return _recbole_get_model(name)
+    for package in _RECBOLE_MODEL_PACKAGES:
+        module = f"recbole.model.{package}.{name.lower()}"
+        if importlib.util.find_spec(module) is not None:
+            return getattr(importlib.import_module(module), name, None)
+    return None
+
+
 def get_model_class(name: str) -> type:
     if name in _PLUGIN_MODELS:
         return _resolve(_PLUGIN_MODELS[name].model)
-    try:
-        return _recbole_get_model(name)
-    except ValueError:
+    model = _recbole_model(name)
+    if model is None:
         raise ValueError(
             f"unknown model '{name}': it is neither a recbole-llm model "
             f"({', '.join(plugin_model_names()) or 'none registered'}) nor a RecBole model. "
             "Model names are case-sensitive, e.g. --model=SASRec."
-        ) from None
+        )
+    return model
 
 
 def get_dataset_class(name: str) -> Optional[type]:

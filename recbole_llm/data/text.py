@@ -25,7 +25,7 @@ class ItemTextMixin:
 
     def __init__(self, config):
         self._check_text_fields(config)
-        self._item_texts = None
+        self._text_cache = {}  # shared by the split copies RecBole makes (shallow copies)
         super().__init__(config)
 
     @staticmethod
@@ -76,9 +76,9 @@ class ItemTextMixin:
 
     def item_texts(self) -> list:
         """Text of every item, indexed by RecBole's internal item id (0 = padding)."""
-        if self._item_texts is None:
-            self._item_texts = self._load_item_texts()
-        return self._item_texts
+        if "items" not in self._text_cache:
+            self._text_cache["items"] = self._load_item_texts()
+        return self._text_cache["items"]
 
     def user_histories(self) -> list:
         """Each user's items in time order, indexed by internal user id.
@@ -89,13 +89,14 @@ class ItemTextMixin:
         capped at ``MAX_ITEM_LIST_LENGTH + 1`` items.
         """
         inter = self.inter_feat
-        users = inter[self.uid_field].numpy()
-        items = inter[self.iid_field].numpy()
+        # a DataFrame before build(), an Interaction of tensors after it
+        users = np.asarray(inter[self.uid_field])
+        items = np.asarray(inter[self.iid_field])
         histories = [np.zeros(0, dtype=np.int64) for _ in range(self.user_num)]
         list_field = getattr(self, "item_id_list_field", None)
         if list_field and list_field in inter:
-            lengths = inter[self.item_list_length_field].numpy()
-            seqs = inter[list_field].numpy()
+            lengths = np.asarray(inter[self.item_list_length_field])
+            seqs = np.asarray(inter[list_field])
             best = {}
             for row, (u, n) in enumerate(zip(users, lengths)):
                 if n >= best.get(u, (-1, -1))[0]:
@@ -104,7 +105,7 @@ class ItemTextMixin:
                 histories[u] = np.append(seqs[row, :n], items[row]).astype(np.int64)
             return histories
         if self.time_field and self.time_field in inter:
-            order = np.lexsort((inter[self.time_field].numpy(), users))
+            order = np.lexsort((np.asarray(inter[self.time_field]), users))
         else:
             order = np.argsort(users, kind="stable")
         users, items = users[order], items[order]

@@ -1,0 +1,57 @@
+import os
+
+import pytest
+import torch
+
+from conftest import ML_TINY
+from recbole_llm.config import Config
+from recbole_llm.quick_start import build, run_recbole_llm
+from recbole_llm.trainer import load_checkpoint, save_checkpoint
+
+
+def test_checkpoint_loads_weights_only_and_resumes():
+    result = run_recbole_llm(model="BPR", dataset="ml-tiny", config_dict=dict(ML_TINY, epochs=2))
+    path = result["saved_model_file"]
+    state = torch.load(path, weights_only=True)            # no pickled Config inside
+    assert state["config"]["model"] == "BPR" and isinstance(state["best_valid_score"], float)
+    assert state["config"]["final_config_dict"]["dataset"] == "ml-tiny"
+
+    config = Config(model="BPR", dataset="ml-tiny", config_dict=dict(ML_TINY, epochs=3))
+    _, _, model, trainer = build(config)
+    trainer.resume_checkpoint(path)
+    assert trainer.start_epoch == state["epoch"] + 1
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state["state_dict"][name])
+
+
+def test_resume_refuses_another_models_checkpoint():
+    result = run_recbole_llm(model="BPR", dataset="ml-tiny", config_dict=dict(ML_TINY, epochs=1))
+    config = Config(model="LightGCN", dataset="ml-tiny", config_dict=dict(ML_TINY, epochs=1))
+    _, _, _, trainer = build(config)
+    with pytest.raises(ValueError, match="written by model 'BPR'"):
+        trainer.resume_checkpoint(result["saved_model_file"])
+
+
+def test_interrupted_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = str(tmp_path / "ckpt.pth")
+    save_checkpoint({"epoch": 1, "w": torch.ones(2)}, path)
+
+    def torn_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"epoch": 2, "w": torch.zeros(2)}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = str(tmp_path / "evil.pth")
+    torch.save({"config": object()}, path)
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        load_checkpoint(path)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(str(tmp_path / "none.pth"))

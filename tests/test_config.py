@@ -1,0 +1,63 @@
+import sys
+
+import pytest
+
+from conftest import ML_TINY
+from recbole_llm.config import Config
+
+
+def test_plugin_files_layer_under_user_files(tmp_path):
+    config = Config(model="BPR", dataset="ml-100k", config_dict={"state": "WARNING"})
+    assert config["cpu_threads"] == 1                    # plugin overall.yaml
+    assert config["item_text_fields"] == ["movie_title", "release_year", "class"]  # dataset yaml
+    assert config["embedding_size"] == 64                # RecBole's BPR.yaml untouched
+    user = tmp_path / "user.yaml"
+    user.write_text("cpu_threads: 2\nembedding_size: 32\n")
+    config = Config(model="BPR", dataset="ml-100k", config_file_list=[str(user)])
+    assert config["cpu_threads"] == 2 and config["embedding_size"] == 32
+
+
+def test_command_line_beats_dict_beats_file(tmp_path, monkeypatch):
+    user = tmp_path / "user.yaml"
+    user.write_text("learning_rate: 0.1\nepochs: 7\ntrain_batch_size: 64\n")
+    monkeypatch.setattr(sys, "argv", ["x", "--learning_rate=0.03", "--model=BPR"])
+    config = Config(dataset="ml-100k", config_file_list=[str(user)],
+                    config_dict={"learning_rate": 0.02, "epochs": 5})
+    assert config["model"] == "BPR"
+    assert config["learning_rate"] == 0.03 and config["epochs"] == 5
+    assert config["train_batch_size"] == 64
+
+
+def test_model_and_dataset_read_from_user_file(tmp_path):
+    user = tmp_path / "user.yaml"
+    user.write_text("model: LightGCN\ndataset: ml-100k\n")
+    config = Config(config_file_list=[str(user)])
+    assert config["model"] == "LightGCN" and config["n_layers"] == 2
+
+
+def test_unknown_option_is_an_error_with_a_suggestion(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["x", "--learning_rat=0.1"])
+    with pytest.raises(ValueError, match="unknown option 'learning_rat'.*learning_rate"):
+        Config(model="BPR", dataset="ml-100k")
+
+
+def test_unknown_option_allowed_when_strictness_is_off(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["x", "--my_key=3", "--strict_options=False"])
+    assert Config(model="BPR", dataset="ml-100k")["my_key"] == 3
+
+
+def test_missing_user_file_and_missing_model():
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        Config(model="BPR", dataset="ml-100k", config_file_list=["nope.yaml"])
+    with pytest.raises(ValueError, match="no model given"):
+        Config(dataset="ml-100k")
+
+
+def test_user_dataset_settings(tmp_path):
+    config = Config(model="SASRec", dataset="ml-tiny", config_dict=ML_TINY)
+    assert config["data_path"].endswith("ml-tiny")
+    assert config["eval_args"]["order"] == "TO"          # RecBole's sequential defaults
+    assert config["train_neg_sample_args"]["distribution"] == "none"  # CE: no negatives
+    with pytest.raises(ValueError, match="should be None when the loss_type is CE"):
+        Config(model="SASRec", dataset="ml-tiny", config_dict=dict(
+            ML_TINY, train_neg_sample_args={"distribution": "uniform", "sample_num": 1}))
