@@ -1,0 +1,141 @@
+"""The causal-LM backbone every method shares.
+
+``llm_path`` names a local Hugging Face causal LM (weights and tokenizer);
+nothing is downloaded.  With ``llm_path`` empty, a small Llama-style model is
+built from a ``transformers`` config (random initialisation, size in
+``properties/overall.yaml``) with a byte-level BPE tokenizer trained locally
+on the dataset's own text and stored in the cache, so every method runs
+offline on a CPU.  Fine-tuning is LoRA through peft (new tokens' embedding
+rows stay trainable) or full.
+"""
+import os
+
+import torch
+
+from recbole_llm.llm.cache import Cache
+
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
+                  "unk_token": "<unk>"}
+
+
+def _check_llm_path(path: str) -> None:
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"llm_path '{path}' is not a folder; it must name a local "
+                                "Hugging Face model folder (config.json, weights, tokenizer)")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"llm_path '{path}' has no config.json: not a Hugging Face "
+                                "model folder")
+
+
+def train_tokenizer(texts, vocab_size: int = 2000, save_dir: str = None):
+    """A byte-level BPE tokenizer trained on ``texts`` (no download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  special_tokens=list(SPECIAL_TOKENS.values()),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+    fast.padding_side = "left"
+    if save_dir:
+        fast.save_pretrained(save_dir)
+    return fast
+
+
+def small_llama(vocab_size: int, hidden: int = 256, layers: int = 4, heads: int = 4,
+                intermediate: int = None, max_positions: int = 1024, pad_token_id: int = 0,
+                seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=heads,
+                         intermediate_size=intermediate or 4 * hidden,
+                         max_position_embeddings=max_positions, pad_token_id=pad_token_id,
+                         tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def load_backbone(config, corpus=None, cache: Cache = None):
+    """``(model, tokenizer)`` per the config's ``llm_*`` settings.
+
+    ``corpus``: texts to train the small model's tokenizer on (item text and
+    prompt templates); the tokenizer is cached under a key of the corpus.
+    """
+    path = config["llm_path"]
+    if path:
+        _check_llm_path(path)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
+                                                     dtype=torch.float32)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return model, tokenizer
+    if not corpus:
+        raise ValueError("the small default backbone needs a text corpus for its tokenizer")
+    cache = cache or Cache.from_config(config)
+    vocab = config["llm_vocab_size"]
+    key = cache.key("tokenizer", texts=corpus, vocab=vocab)
+    tok_dir = os.path.join(cache.root, key)
+    if os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
+        from transformers import PreTrainedTokenizerFast
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
+        tokenizer.padding_side = "left"
+    else:
+        tmp = f"{tok_dir}.tmp-{os.getpid()}"
+        tokenizer = train_tokenizer(corpus, vocab, tmp)
+        os.replace(tmp, tok_dir)
+    model = small_llama(len(tokenizer), hidden=config["llm_hidden_size"],
+                        layers=config["llm_num_layers"], heads=config["llm_num_heads"],
+                        max_positions=config["llm_max_positions"],
+                        pad_token_id=tokenizer.pad_token_id, seed=config["seed"])
+    return model, tokenizer
+
+
+def add_tokens(model, tokenizer, tokens, special: bool = False) -> list:
+    """Add ``tokens`` to the vocabulary and resize the model; returns their ids.
+
+    New rows start at the mean of the existing embeddings (transformers'
+    default), so they begin as an "average" token rather than noise.
+    """
+    new = [t for t in tokens if t not in tokenizer.get_vocab()]
+    if special:
+        tokenizer.add_special_tokens({"additional_special_tokens": new})
+    else:
+        tokenizer.add_tokens(new)
+    if len(tokenizer) != model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    return tokenizer.convert_tokens_to_ids(list(tokens))
+
+
+def apply_tuning(model, config, new_token_ids=None):
+    """LoRA (``llm_tuning: lora``) or full fine-tuning (``full``).
+
+    With LoRA, the embedding rows of ``new_token_ids`` (item codes, ``[CON]``)
+    are trained too: new tokens have no pretrained meaning to keep.
+    """
+    mode = config["llm_tuning"]
+    if mode == "full":
+        return model
+    if mode != "lora":
+        raise ValueError(f"llm_tuning must be 'lora' or 'full', not '{mode}'")
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config["lora_r"], lora_alpha=config["lora_alpha"], lora_dropout=config["lora_dropout"],
+        target_modules=list(config["lora_target_modules"]), task_type="CAUSAL_LM",
+        trainable_token_indices=list(new_token_ids) if new_token_ids else None)
+    return get_peft_model(model, lora)
+
+
+def count_trainable(model) -> tuple:
+    total = sum(p.numel() for p in model.parameters())
+    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return train, total

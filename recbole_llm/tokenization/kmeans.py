@@ -1,0 +1,42 @@
+"""k-means (faiss) and hierarchical (tree) k-means item indices."""
+import numpy as np
+
+
+def kmeans(x: np.ndarray, k: int, iters: int = 50, seed: int = 0):
+    """faiss k-means; returns (centroids [k, d], assignment [n])."""
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    k = min(k, len(x))
+    km = faiss.Kmeans(x.shape[1], k, niter=iters, seed=seed, verbose=False,
+                      min_points_per_centroid=1, max_points_per_centroid=1 << 30)
+    km.train(x)
+    _, assign = km.index.search(x, 1)
+    return km.centroids, assign[:, 0].astype(np.int64)
+
+
+def hierarchical_kmeans(x: np.ndarray, k: int, levels: int, iters: int = 50,
+                        seed: int = 0) -> np.ndarray:
+    """Tree k-means: split all items into ``k`` clusters, then each cluster into
+    ``k`` sub-clusters, ``levels`` deep.  Returns codes ``[n, levels]`` in
+    ``[0, k)``.  A cluster of at most ``k`` items gives each item its own code
+    at the next level (no k-means needed), as in EAGER-LLM's indexer.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    codes = np.zeros((len(x), levels), dtype=np.int64)
+
+    def split(rows, level):
+        if level == levels or len(rows) == 0:
+            return
+        if len(rows) <= k:
+            codes[rows, level] = np.arange(len(rows))
+            sub = [rows[i:i + 1] for i in range(len(rows))]
+        else:
+            _, assign = kmeans(x[rows], k, iters=iters, seed=seed + level)
+            codes[rows, level] = assign
+            sub = [rows[assign == c] for c in range(k)]
+        for part in sub:
+            split(part, level + 1)
+
+    split(np.arange(len(x)), 0)
+    return codes
