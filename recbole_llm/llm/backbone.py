@@ -6,7 +6,7 @@ built from a ``transformers`` config (random initialisation, size in
 ``properties/overall.yaml``) with a byte-level BPE tokenizer trained locally
 on the dataset's own text and stored in the cache, so every method runs
 offline on a CPU.  Fine-tuning is LoRA through peft (new tokens' embedding
-rows stay trainable) or full.
+and head rows stay trainable) or full; ``auto`` picks per backbone.
 """
 import os
 
@@ -115,23 +115,44 @@ def add_tokens(model, tokenizer, tokens, special: bool = False) -> list:
     return tokenizer.convert_tokens_to_ids(list(tokens))
 
 
-def apply_tuning(model, config, new_token_ids=None):
-    """LoRA (``llm_tuning: lora``) or full fine-tuning (``full``).
+def _module_name(model, module) -> str:
+    return next(name for name, m in model.named_modules() if m is module)
 
-    With LoRA, the embedding rows of ``new_token_ids`` (item codes, ``[CON]``)
-    are trained too: new tokens have no pretrained meaning to keep.
-    """
+
+def resolve_tuning(config) -> str:
+    """``auto``: LoRA on a pretrained ``llm_path``; full fine-tuning on the small
+    default, whose random weights LoRA cannot teach (RMSNorm bounds the hidden
+    states and the frozen head's tiny weights bound every logit)."""
     mode = config["llm_tuning"]
-    if mode == "full":
+    if mode == "auto":
+        return "lora" if config["llm_path"] else "full"
+    if mode not in ("lora", "full"):
+        raise ValueError(f"llm_tuning must be 'auto', 'lora' or 'full', not '{mode}'")
+    return mode
+
+
+def apply_tuning(model, config, new_token_ids=None):
+    """LoRA or full fine-tuning, per :func:`resolve_tuning`.
+
+    With LoRA the rows of ``new_token_ids`` (item codes, ``[CON]``) in the
+    input embedding and the output head are trained too: new tokens have no
+    pretrained meaning to keep, and a frozen head could not learn to emit them.
+    """
+    if resolve_tuning(config) == "full":
         return model
-    if mode != "lora":
-        raise ValueError(f"llm_tuning must be 'lora' or 'full', not '{mode}'")
     from peft import LoraConfig, get_peft_model
 
+    trainable_tokens = None
+    if new_token_ids:
+        ids = sorted(set(int(i) for i in new_token_ids))
+        inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+        trainable_tokens = {_module_name(model, inp): ids}
+        if out is not None and out.weight is not inp.weight:
+            trainable_tokens[_module_name(model, out)] = ids
     lora = LoraConfig(
         r=config["lora_r"], lora_alpha=config["lora_alpha"], lora_dropout=config["lora_dropout"],
         target_modules=list(config["lora_target_modules"]), task_type="CAUSAL_LM",
-        trainable_token_indices=list(new_token_ids) if new_token_ids else None)
+        trainable_token_indices=trainable_tokens)
     return get_peft_model(model, lora)
 
 

@@ -2,13 +2,13 @@
 import numpy as np
 
 
-def kmeans(x: np.ndarray, k: int, iters: int = 50, seed: int = 0):
+def kmeans(x: np.ndarray, k: int, iters: int = 50, seed: int = 0, nredo: int = 1):
     """faiss k-means; returns (centroids [k, d], assignment [n])."""
     import faiss
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     k = min(k, len(x))
-    km = faiss.Kmeans(x.shape[1], k, niter=iters, seed=seed, verbose=False,
+    km = faiss.Kmeans(x.shape[1], k, niter=iters, seed=seed, verbose=False, nredo=nredo,
                       min_points_per_centroid=1, max_points_per_centroid=1 << 30)
     km.train(x)
     _, assign = km.index.search(x, 1)
@@ -16,10 +16,10 @@ def kmeans(x: np.ndarray, k: int, iters: int = 50, seed: int = 0):
 
 
 def hierarchical_kmeans(x: np.ndarray, k: int, levels: int, iters: int = 50,
-                        seed: int = 0) -> np.ndarray:
+                        seed: int = 0, nredo: int = 1) -> np.ndarray:
     """Tree k-means: split all items into ``k`` clusters, then each cluster into
     ``k`` sub-clusters, ``levels`` deep.  Returns codes ``[n, levels]`` in
-    ``[0, k)``.  A cluster of at most ``k`` items gives each item its own code
+    ``[0, k)``; ``nredo`` restarts keep the best of several k-means runs.  A cluster of at most ``k`` items gives each item its own code
     at the next level (no k-means needed), as in EAGER-LLM's indexer.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -32,7 +32,7 @@ def hierarchical_kmeans(x: np.ndarray, k: int, levels: int, iters: int = 50,
             codes[rows, level] = np.arange(len(rows))
             sub = [rows[i:i + 1] for i in range(len(rows))]
         else:
-            _, assign = kmeans(x[rows], k, iters=iters, seed=seed + level)
+            _, assign = kmeans(x[rows], k, iters=iters, seed=seed + level, nredo=nredo)
             codes[rows, level] = assign
             sub = [rows[assign == c] for c in range(k)]
         for part in sub:
