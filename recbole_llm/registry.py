@@ -108,3 +108,6 @@ def get_trainer_class(name: str, model_type) -> type:
 
 
 # --- the plugin's own models (one line each, added as they land) -----------
+register("EAGERLLM", "recbole_llm.model.eagerllm:EAGERLLM",
+         dataset="recbole_llm.data.text:SequentialTextDataset",
+         trainer="recbole_llm.model.eagerllm_trainer:EAGERTrainer")

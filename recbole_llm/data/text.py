@@ -49,26 +49,44 @@ class ItemTextMixin:
         if config["ITEM_ID_FIELD"] not in header:
             raise AtomicFileError(f"{path}: no '{config['ITEM_ID_FIELD']}' column")
 
+    def _item_frame(self):
+        """The raw ``.item`` file as strings, one row per item of this dataset."""
+        if "frame" not in self._text_cache:
+            config = self.config
+            frame = pd.read_csv(atomic_path(config, "item"), sep=config["field_separator"],
+                                dtype=str, header=0, keep_default_na=False,
+                                encoding=config["encoding"] or "utf-8")
+            frame.columns = [c.split(":", 1)[0] for c in frame.columns]
+            ids = frame[self.iid_field].map(self.field2token_id[self.iid_field])
+            frame = frame[ids.notna()].assign(_iid=ids[ids.notna()].astype(np.int64))
+            self._text_cache["frame"] = frame
+        return self._text_cache["frame"]
+
+    def item_field_values(self, field: str) -> list:
+        """Each item's raw tokens of one ``.item`` field (``_`` read as space)."""
+        frame = self._item_frame()
+        if field not in frame:
+            raise AtomicFileError(f"{atomic_path(self.config, 'item')}: no field '{field}' "
+                                  f"(its fields: {[c for c in frame.columns if c != '_iid']})")
+        values = [[] for _ in range(self.item_num)]
+        for item, value in zip(frame["_iid"], frame[field]):
+            values[item] = [v.replace("_", " ") for v in value.split(self.config["seq_separator"] or " ") if v]
+        return values
+
     def _load_item_texts(self):
         config = self.config
-        path = atomic_path(config, "item")
         fields = list(config["item_text_fields"])
         keyed = config["item_text_keyed"] if config["item_text_keyed"] is not None else True
-        frame = pd.read_csv(path, sep=config["field_separator"], dtype=str, header=0,
-                            keep_default_na=False, encoding=config["encoding"] or "utf-8")
-        frame.columns = [c.split(":", 1)[0] for c in frame.columns]
-        token2id = self.field2token_id[self.iid_field]
+        frame = self._item_frame()
         texts = [""] * self.item_num
-        for row in frame[[self.iid_field] + fields].itertuples(index=False):
-            item = token2id.get(row[0])
-            if item is None:
-                continue  # item filtered out of this dataset
+        for row in frame[["_iid"] + fields].itertuples(index=False):
             parts = []
             for name, value in zip(fields, row[1:]):
                 value = " ".join(value.replace("_", " ").split())
                 if value:
                     parts.append(f"{name}: {value}" if keyed else value)
-            texts[item] = "; ".join(parts)
+            texts[row[0]] = "; ".join(parts)
+        path = atomic_path(config, "item")
         missing = sum(1 for t in texts[1:] if not t)
         if missing:
             self.logger.warning(f"{missing} of {self.item_num - 1} items have no text in {path}")

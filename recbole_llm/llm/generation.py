@@ -23,12 +23,13 @@ def constrained_beam_search(model, input_ids, attention_mask, trie, num_beams: i
 
     Returns ``(items [B, K], scores [B, K])`` sorted by score (log-probability
     of the item's code sequence given the prompt); slots that no valid item
-    could fill hold item 0 and ``-inf``.
+    could fill hold item 0 and ``-inf``.  Candidates are gathered per beam from
+    the trie's child blocks, so no step builds a vocabulary-wide mask.
     """
     top_k = top_k or num_beams
     if top_k > num_beams:
         raise ValueError(f"top_k ({top_k}) cannot exceed num_beams ({num_beams})")
-    device = input_ids.device if input_ids is not None else inputs_embeds.device
+    device = attention_mask.device
     batch = attention_mask.shape[0]
     positions = _positions(attention_mask)
     out = model(input_ids=None if inputs_embeds is not None else input_ids,
@@ -36,51 +37,44 @@ def constrained_beam_search(model, input_ids, attention_mask, trie, num_beams: i
                 position_ids=positions, use_cache=True)
     past = out.past_key_values
     logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)        # [B, V]
-    vocab = logp.shape[-1]
-
-    # step 0: every beam starts at the root
-    root_allowed = torch.as_tensor(trie.allowed(0, 0), device=device)
-    masked = torch.full_like(logp, float("-inf"))
-    masked[:, root_allowed] = logp[:, root_allowed]
-    beams = min(num_beams, len(root_allowed))
-    scores, tokens = masked.topk(beams, dim=-1)                          # [B, k]
-    nodes = np.array([[trie.child(0, 0, int(t)) for t in row] for row in tokens.tolist()])
-    past.batch_repeat_interleave(beams)
-    attention_mask = attention_mask.repeat_interleave(beams, dim=0)
-    last_pos = positions[:, -1:].repeat_interleave(beams, dim=0)
-
-    for level in range(1, trie.depth):
+    nodes = np.zeros((batch, 1), dtype=np.int64)                          # all at the root
+    scores = torch.zeros(batch, 1, device=device)
+    tokens = None
+    for level in range(trie.depth):
+        beams_in = nodes.shape[1]
+        cand_tok, cand_node, valid = trie.children_block(level, nodes.reshape(-1))
+        width = cand_tok.shape[1]
+        cand_tok_t = torch.as_tensor(cand_tok, device=device)
+        valid_t = torch.as_tensor(valid, device=device) & torch.isfinite(scores.reshape(-1, 1))
+        cand = scores.reshape(-1, 1) + logp.gather(1, cand_tok_t)              # [B*k, M]
+        cand = cand.masked_fill(~valid_t, float("-inf")).view(batch, beams_in * width)
+        beams = min(num_beams, cand.shape[1])
+        scores, flat = cand.topk(beams, dim=-1)                               # [B, k']
+        origin = flat // width                                                # beam extended
+        rows = (origin + torch.arange(batch, device=device)[:, None] * beams_in).reshape(-1)
+        rows_np = rows.cpu().numpy()
+        pick = (flat % width).reshape(-1).cpu().numpy()
+        tokens = cand_tok_t[rows, torch.as_tensor(pick, device=device)].view(batch, beams)
+        nodes = cand_node[rows_np, pick].reshape(batch, beams)
+        if level == trie.depth - 1:
+            break
+        if level == 0:
+            past.batch_repeat_interleave(beams)
+            attention_mask = attention_mask.repeat_interleave(beams, dim=0)
+            positions = positions[:, -1:].repeat_interleave(beams, dim=0)
+        else:
+            past.reorder_cache(rows)
+            attention_mask, positions = attention_mask[rows], positions[rows]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(attention_mask), 1)], 1)
-        last_pos = last_pos + 1
+        positions = positions + 1
         out = model(input_ids=tokens.reshape(-1, 1), attention_mask=attention_mask,
-                    position_ids=last_pos, past_key_values=past, use_cache=True)
+                    position_ids=positions, past_key_values=past, use_cache=True)
         past = out.past_key_values
         logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)    # [B*k, V]
-        cand = torch.full_like(logp, float("-inf"))
-        flat_nodes = nodes.reshape(-1)
-        flat_scores = scores.reshape(-1)
-        for row, node in enumerate(flat_nodes):
-            if node < 0 or not torch.isfinite(flat_scores[row]):
-                continue
-            allowed = torch.as_tensor(trie.allowed(level, int(node)), device=device)
-            cand[row, allowed] = flat_scores[row] + logp[row, allowed]
-        cand = cand.view(batch, -1)                                        # [B, k*V]
-        new_beams = min(num_beams, cand.shape[1])
-        scores, flat_idx = cand.topk(new_beams, dim=-1)
-        origin = flat_idx // vocab                                         # beam it extends
-        tokens = flat_idx % vocab
-        global_origin = (origin + torch.arange(batch, device=device)[:, None] * nodes.shape[1])
-        past.reorder_cache(global_origin.reshape(-1))
-        attention_mask = attention_mask[global_origin.reshape(-1)]
-        last_pos = last_pos[global_origin.reshape(-1)]
-        origin_np, tokens_np = origin.cpu().numpy(), tokens.cpu().numpy()
-        nodes = np.array([[trie.child(level, int(nodes[b, o]), int(t)) if np.isfinite(s) else -1
-                           for o, t, s in zip(origin_np[b], tokens_np[b], scores[b].tolist())]
-                          for b in range(batch)])
 
-    items = np.where(nodes >= 0, np.vectorize(lambda n: trie.value(n) if n >= 0 else 0)(nodes), 0)
-    items = torch.as_tensor(items.astype(np.int64), device=device)[:, :top_k]
-    return items, scores[:, :top_k]
+    items = torch.as_tensor(trie.values(nodes).astype(np.int64), device=device)
+    items = torch.where(torch.isfinite(scores), items, torch.zeros_like(items))
+    return items[:, :top_k], scores[:, :top_k]
 
 
 def to_full_sort_scores(items: torch.Tensor, scores: torch.Tensor, n_items: int) -> torch.Tensor:

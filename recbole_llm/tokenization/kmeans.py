@@ -28,14 +28,14 @@ def hierarchical_kmeans(x: np.ndarray, k: int, levels: int, iters: int = 50,
     def split(rows, level):
         if level == levels or len(rows) == 0:
             return
-        if len(rows) <= k:
+        if len(rows) <= k:  # distinct codes here; deeper levels stay 0
             codes[rows, level] = np.arange(len(rows))
-            sub = [rows[i:i + 1] for i in range(len(rows))]
-        else:
-            _, assign = kmeans(x[rows], k, iters=iters, seed=seed + level, nredo=nredo)
-            codes[rows, level] = assign
-            sub = [rows[assign == c] for c in range(k)]
-        for part in sub:
+            return
+        _, assign = kmeans(x[rows], k, iters=iters, seed=seed + level, nredo=nredo)
+        codes[rows, level] = assign
+        order = np.argsort(assign, kind="stable")
+        bounds = np.searchsorted(assign[order], np.arange(1, k))
+        for part in np.split(rows[order], bounds):
             split(part, level + 1)
 
     split(np.arange(len(x)), 0)

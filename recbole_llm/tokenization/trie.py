@@ -52,6 +52,26 @@ class PrefixTrie:
             return int(pos)
         return -1
 
+    def children_block(self, level: int, nodes: np.ndarray):
+        """Children of many nodes at once, for vectorised decoding.
+
+        Returns ``(tokens [n, M], child_ids [n, M], valid [n, M])`` where ``M``
+        is the largest child count; a child's node id at ``level + 1`` is its
+        position in this level's token array.
+        """
+        starts = self._starts[level]
+        nodes = np.asarray(nodes)
+        lo, hi = starts[nodes], starts[nodes + 1]
+        width = max(int((hi - lo).max()), 1) if len(nodes) else 1
+        child_ids = lo[:, None] + np.arange(width)[None, :]
+        valid = child_ids < hi[:, None]
+        child_ids = np.where(valid, child_ids, 0)
+        tokens = self._tokens[level][np.minimum(child_ids, len(self._tokens[level]) - 1)]
+        return tokens, child_ids, valid
+
+    def values(self, leaves: np.ndarray) -> np.ndarray:
+        return self._leaf_values[np.asarray(leaves)]
+
     def value(self, leaf: int):
         return self._leaf_values[leaf]
 

@@ -1,0 +1,67 @@
+"""Prompt templates as token ids, and LM batches built from them.
+
+Templates hold one ``{slot}``; the text around it is tokenised once, and the
+slot is filled with token ids (item codes, item text) per sample, so building
+a batch never re-tokenises fixed text.  Training batches are right-padded with
+labels only on the answer; inference batches are left-padded (generation
+continues from the last column).
+"""
+import torch
+
+
+class Template:
+    def __init__(self, tokenizer, text: str, slot: str):
+        marker = "{" + slot + "}"
+        if text.count(marker) != 1:
+            raise ValueError(f"template {text!r} must contain {marker} exactly once")
+        before, after = text.split(marker)
+        self.prefix = tokenizer(before, add_special_tokens=False)["input_ids"] if before else []
+        self.suffix = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+
+    def fill(self, ids: list) -> list:
+        return self.prefix + list(ids) + self.suffix
+
+
+def training_batch(prompts: list, answers: list, pad_id: int, max_length: int, suffixes=None):
+    """Right-padded ``input_ids, attention_mask, labels`` (+ position of each suffix's
+    last token, e.g. ``[CON]``).  Over-long prompts lose their oldest tokens."""
+    suffixes = suffixes or [[] for _ in prompts]
+    rows, label_rows, ends = [], [], []
+    for prompt, answer, suffix in zip(prompts, answers, suffixes):
+        keep = max_length - len(answer) - len(suffix)
+        prompt = prompt[-keep:] if keep > 0 else []
+        rows.append(prompt + answer + suffix)
+        label_rows.append([-100] * len(prompt) + answer + [-100] * len(suffix))
+        ends.append(len(rows[-1]) - 1)
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (r, l) in enumerate(zip(rows, label_rows)):
+        input_ids[i, :len(r)] = torch.tensor(r)
+        labels[i, :len(l)] = torch.tensor(l)
+        mask[i, :len(r)] = 1
+    return input_ids, mask, labels, torch.tensor(ends)
+
+
+def inference_batch(prompts: list, pad_id: int, max_length: int):
+    """Left-padded ``input_ids, attention_mask`` for generation."""
+    prompts = [p[-max_length:] for p in prompts]
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if p:
+            input_ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+    return input_ids, mask
+
+
+def answer_logprob(model, prompts: list, answers: list, pad_id: int, max_length: int):
+    """Teacher-forced log-probability of each answer given its prompt."""
+    input_ids, mask, labels, _ = training_batch(prompts, answers, pad_id, max_length)
+    logits = model(input_ids=input_ids.to(model.device),
+                   attention_mask=mask.to(model.device)).logits[:, :-1].float()
+    target = labels[:, 1:].to(logits.device)
+    logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0)[..., None]).squeeze(-1)
+    return (logp * (target != -100)).sum(-1)

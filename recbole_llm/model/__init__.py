@@ -1,0 +1,1 @@
+"""One module per method; shared layers in layers.py."""

@@ -1,0 +1,76 @@
+"""Train one of RecBole's own models on the training split, for its embeddings.
+
+EAGER-LLM's behavioural index and SCRec's collaborative codebooks start
+from item embeddings of a conventional recommender.  That model must see the
+training split only (the dataset a plugin model receives in ``__init__``), is
+trained by RecBole's own ``Trainer``, and its item table is cached under a key
+of the training data and every setting that shapes it.
+"""
+import copy
+import hashlib
+import os
+
+import numpy as np
+import recbole
+import yaml
+from recbole.data.dataloader import TrainDataLoader
+from recbole.trainer import Trainer
+
+from recbole_llm import registry
+from recbole_llm.llm.cache import Cache
+
+
+def _recbole_defaults(config, model_name: str) -> dict:
+    """RecBole's yaml for the model, read with RecBole's loader (``1e-12`` is a float)."""
+    path = os.path.join(os.path.dirname(recbole.__file__), "properties", "model", f"{model_name}.yaml")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f, Loader=config.yaml_loader) or {}
+
+
+def data_fingerprint(dataset) -> str:
+    """Hash of the (user, item) pairs a dataset holds, to key derived results."""
+    digest = hashlib.sha256()
+    for field in (dataset.uid_field, dataset.iid_field):
+        digest.update(np.ascontiguousarray(np.asarray(dataset.inter_feat[field])).tobytes())
+    return digest.hexdigest()[:20]
+
+
+def conventional_config(config, model_name: str, overrides: dict = None):
+    """A copy of ``config`` with RecBole's defaults for ``model_name`` and overrides."""
+    sub = copy.copy(config)
+    sub.final_config_dict = dict(config.final_config_dict)
+    sub.final_config_dict.update(_recbole_defaults(config, model_name))
+    sub.final_config_dict.update(overrides or {})
+    sub.final_config_dict["model"] = model_name
+    return sub
+
+
+def train_item_embeddings(config, dataset, model_name: str, epochs: int, overrides: dict = None,
+                          cache: Cache = None) -> np.ndarray:
+    """Item embedding table ``[n_items, d]`` of a RecBole sequential model trained
+    with the CE loss on ``dataset`` (the training split)."""
+    model_class = registry.get_model_class(model_name)
+    overrides = dict(overrides or {})
+    overrides.setdefault("loss_type", "CE")
+    overrides["epochs"] = epochs
+    if overrides["loss_type"] != "CE":
+        raise ValueError(f"{model_name} as an embedding source must use loss_type CE "
+                         "(no negative sampler is built for it)")
+    cache = cache or Cache.from_config(config)
+    key = cache.key("item-emb", dataset=config["dataset"], model=model_name, settings=overrides,
+                    seed=config["seed"], max_len=config["MAX_ITEM_LIST_LENGTH"],
+                    data=data_fingerprint(dataset))
+
+    def compute():
+        sub = conventional_config(config, model_name, overrides)
+        model = model_class(sub, dataset).to(sub["device"])
+        if not hasattr(model, "item_embedding"):
+            raise ValueError(f"{model_name} has no item_embedding table to take embeddings from")
+        loader = TrainDataLoader(sub, dataset, None, shuffle=True)
+        trainer = Trainer(sub, model)
+        trainer.fit(loader, None, saved=False, show_progress=config["show_progress"])
+        return {"emb": model.item_embedding.weight.detach().cpu().numpy()}
+
+    return cache.get_or_compute_arrays(key, compute)["emb"]

@@ -1,0 +1,290 @@
+"""EAGER-LLM (arXiv 2502.14735) as a RecBole sequential model.
+
+What makes it EAGER-LLM, and where it lives here:
+
+* Dual-source item indices: a semantic index (hierarchical k-means of item
+  text embeddings) and a behavioural index (hierarchical k-means of the item
+  table of a conventional model trained on the training split), kept as
+  separate code levels (``<s1_*><s2_*><b1_*><b2_*>``), collisions resolved.
+  ``index_composition`` (unit / semantic / behavior / random) runs the
+  paper's ablation.
+* The codes are new tokens of the causal LM; training is multi-task:
+  next-item generation, item text -> index, index -> item text and
+  preference understanding, all built from the dataset.
+* Global Contrast Decompression: a ``[CON]`` token after the target's codes;
+  its last hidden state goes through two trainable projectors and an InfoNCE
+  loss against the target's original semantic and behavioural embeddings
+  (weights ``gct_lambda_sem``, ``gct_lambda_beh``; training only).
+* Annealing Adapter Tuning: a second phase (``EAGERTrainer``) freezes the
+  stage-one model, adds a LoRA adapter and trains it on filtered samples of
+  the recommendation task only; kept at inference unless
+  ``aat_keep_adapter: False``.
+* Inference: constrained beam search (beam 20) over valid item codes only,
+  turned into RecBole's full-sort scores.
+"""
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+
+from recbole_llm.llm.backbone import add_tokens, apply_tuning, load_backbone
+from recbole_llm.llm.cache import Cache
+from recbole_llm.llm.encoder import item_text_embeddings
+from recbole_llm.llm.generation import constrained_beam_search, to_full_sort_scores
+from recbole_llm.llm.prompts import Template, answer_logprob, inference_batch, training_batch
+from recbole_llm.model.conventional import data_fingerprint, train_item_embeddings
+from recbole_llm.model.layers import MLPProjector, info_nce
+from recbole_llm.tokenization import ItemIndex, hierarchical_kmeans
+
+COMPOSITIONS = ("unit", "semantic", "behavior", "random")
+CON_TOKEN = "[CON]"
+
+
+def build_dual_source_codes(sem: np.ndarray, beh: np.ndarray, composition: str, k: int,
+                            sem_levels: int, beh_levels: int, iters: int, seed: int):
+    """Raw codes ``[n, L]`` and their token prefixes for one index composition."""
+    levels = sem_levels + beh_levels
+    if composition == "unit":
+        codes = np.hstack([hierarchical_kmeans(sem, k, sem_levels, iters, seed),
+                           hierarchical_kmeans(beh, k, beh_levels, iters, seed)])
+        prefixes = [f"s{i + 1}" for i in range(sem_levels)] + [f"b{i + 1}" for i in range(beh_levels)]
+    elif composition == "semantic":
+        codes = hierarchical_kmeans(sem, k, levels, iters, seed)
+        prefixes = [f"s{i + 1}" for i in range(levels)]
+    elif composition == "behavior":
+        codes = hierarchical_kmeans(beh, k, levels, iters, seed)
+        prefixes = [f"b{i + 1}" for i in range(levels)]
+    elif composition == "random":
+        codes = np.random.default_rng(seed).integers(0, k, size=(len(sem), levels))
+        prefixes = [f"r{i + 1}" for i in range(levels)]
+    else:
+        raise ValueError(f"index_composition must be one of {COMPOSITIONS}, not '{composition}'")
+    return codes, prefixes
+
+
+class EAGERLLM(SequentialRecommender):
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.config = config
+        cache = Cache.from_config(config)
+        self.max_prompt = config["llm_max_prompt_tokens"]
+        self.num_beams = config["num_beams"]
+        self.beam_batch_size = config["beam_batch_size"]
+
+        # --- exogenous knowledge: semantic (text) and behavioural embeddings
+        sem = item_text_embeddings(dataset, config, cache)
+        beh = train_item_embeddings(config, dataset, config["behavior_model"],
+                                    config["behavior_epochs"], config["behavior_model_args"], cache)
+        self.register_buffer("sem_emb", torch.as_tensor(sem, dtype=torch.float32))
+        self.register_buffer("beh_emb", torch.as_tensor(beh, dtype=torch.float32))
+
+        # --- dual-source item index
+        self.index = self._build_index(sem, beh, cache, dataset)
+        self.register_buffer("item_codes", torch.as_tensor(self.index.codes))
+
+        # --- backbone with code tokens and [CON]
+        texts = dataset.item_texts()
+        templates = [config[name] for name in ("seqrec_template", "item2index_template",
+                                               "index2item_template", "preference_template")]
+        corpus = [t for t in texts if t] + templates
+        llm, self.tokenizer = load_backbone(config, corpus=corpus, cache=cache)
+        code_ids = add_tokens(llm, self.tokenizer, self.index.tokens())
+        self.con_id = add_tokens(llm, self.tokenizer, [CON_TOKEN], special=True)[0]
+        self.trie = self.index.bind(self.tokenizer)
+        self.llm = apply_tuning(llm, config, new_token_ids=code_ids + [self.con_id])
+        self.pad_id = self.tokenizer.pad_token_id
+        self.eos_id = self.tokenizer.eos_token_id
+
+        # --- templates and per-item token ids, tokenised once
+        self.t_seq = Template(self.tokenizer, config["seqrec_template"], "history")
+        self.t_item2index = Template(self.tokenizer, config["item2index_template"], "text")
+        self.t_index2item = Template(self.tokenizer, config["index2item_template"], "item")
+        self.t_pref = Template(self.tokenizer, config["preference_template"], "history")
+        max_text = config["item_text_max_tokens"]
+        self.item_text_ids = [ids[:max_text] for ids in
+                              self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        self.preferences = self._preference_answers(dataset, config["preference_field"])
+
+        # --- Global Contrast Decompression projectors (training only)
+        hidden = llm.config.hidden_size
+        self.sem_proj = MLPProjector(hidden, self.sem_emb.shape[1])
+        self.beh_proj = MLPProjector(hidden, self.beh_emb.shape[1])
+        self.gct_lambda_sem = config["gct_lambda_sem"]
+        self.gct_lambda_beh = config["gct_lambda_beh"]
+        self.gct_tau = config["gct_temperature"]
+        self.task_weights = dict(config["aux_task_ratio"] or {})
+        self.annealing = False
+        self._rng = np.random.default_rng(config["seed"])
+
+    # ------------------------------------------------------------------ index
+    def _build_index(self, sem, beh, cache, dataset) -> ItemIndex:
+        config = self.config
+        settings = dict(composition=config["index_composition"], k=config["index_k"],
+                        sem_levels=config["index_semantic_levels"],
+                        beh_levels=config["index_behavior_levels"],
+                        iters=config["index_kmeans_iters"], seed=config["seed"],
+                        collision=config["index_collision"])
+        key = cache.key("eager-index", dataset=config["dataset"], data=data_fingerprint(dataset),
+                        behavior=config["behavior_model"], behavior_args=config["behavior_model_args"],
+                        behavior_epochs=config["behavior_epochs"], **settings)
+        if cache.has_arrays(key):
+            return ItemIndex.load(cache, key)
+        codes, prefixes = build_dual_source_codes(
+            sem[1:], beh[1:], settings["composition"], settings["k"], settings["sem_levels"],
+            settings["beh_levels"], settings["iters"], settings["seed"])
+        collision = settings["collision"]
+        if collision == "extra_code":
+            prefixes = prefixes + ["x"]
+        index = ItemIndex.build(codes, collision=collision, k=settings["k"], prefixes=prefixes)
+        index.save(cache, key)
+        return index
+
+    def _preference_answers(self, dataset, field):
+        """Per item, its values of ``preference_field`` (e.g. categories, genre)."""
+        if not field:
+            return None
+        return dataset.item_field_values(field)
+
+    # --------------------------------------------------------------- prompts
+    def _history_ids(self, seq, length) -> list:
+        return [t for item in seq[:length] for t in self.index.token_ids(int(item))]
+
+    def _seq_prompts(self, item_seq, item_len) -> list:
+        seqs, lens = item_seq.tolist(), item_len.tolist()
+        return [self.t_seq.fill(self._history_ids(s, n)) for s, n in zip(seqs, lens)]
+
+    def _aux_samples(self, item_seq, item_len, targets):
+        """Index <-> text reconstruction and preference understanding rows."""
+        prompts, answers = [], []
+        n = len(targets)
+        items = targets.tolist()
+        for task, ratio in self.task_weights.items():
+            count = int(math.ceil(ratio * n)) if ratio > 0 else 0
+            rows = self._rng.choice(n, size=min(count, n), replace=False) if count else []
+            for r in rows:
+                item = items[r]
+                if task == "item2index":
+                    prompts.append(self.t_item2index.fill(self.item_text_ids[item]))
+                    answers.append(self.index.token_ids(item))
+                elif task == "index2item":
+                    prompts.append(self.t_index2item.fill(self.index.token_ids(item)))
+                    answers.append(self.item_text_ids[item] + [self.eos_id])
+                elif task == "preference":
+                    if self.preferences is None:
+                        continue
+                    length = int(item_len[r])
+                    history = item_seq[r, :length].tolist()
+                    counts = {}
+                    for h in history:
+                        for v in self.preferences[h]:
+                            counts[v] = counts.get(v, 0) + 1
+                    if not counts:
+                        continue
+                    top = sorted(counts, key=lambda v: (-counts[v], v))[:2]
+                    answer = self.tokenizer(", ".join(top), add_special_tokens=False)["input_ids"]
+                    prompts.append(self.t_pref.fill(self._history_ids(history, length)))
+                    answers.append(answer + [self.eos_id])
+                else:
+                    raise ValueError(f"unknown auxiliary task '{task}' in aux_task_ratio "
+                                     "(item2index, index2item, preference)")
+        return prompts, answers
+
+    # ------------------------------------------------------------------ train
+    def calculate_loss(self, interaction):
+        item_seq = interaction[self.ITEM_SEQ]
+        item_len = interaction[self.ITEM_SEQ_LEN]
+        targets = interaction[self.POS_ITEM_ID]
+        if self.annealing:  # AAT: high-quality recommendation samples only
+            keep = item_len >= self.config["aat_min_history"]
+            if not keep.any():
+                return sum(p.sum() * 0 for p in self.parameters() if p.requires_grad)
+            item_seq, item_len, targets = item_seq[keep], item_len[keep], targets[keep]
+        prompts = self._seq_prompts(item_seq, item_len)
+        answers = [self.index.token_ids(int(t)) for t in targets.tolist()]
+        use_gct = not self.annealing and (self.gct_lambda_sem > 0 or self.gct_lambda_beh > 0)
+        suffixes = [[self.con_id]] * len(prompts) if use_gct else None
+        n_rec = len(prompts)
+        if not self.annealing:
+            aux_prompts, aux_answers = self._aux_samples(item_seq, item_len, targets)
+            prompts, answers = prompts + aux_prompts, answers + aux_answers
+            if suffixes is not None:
+                suffixes = suffixes + [[] for _ in aux_prompts]
+        input_ids, mask, labels, ends = training_batch(prompts, answers, self.pad_id,
+                                                       self.max_prompt, suffixes)
+        device = self.item_codes.device
+        out = self.llm(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                       labels=labels.to(device), output_hidden_states=use_gct)
+        loss = out.loss
+        if use_gct:
+            h_con = out.hidden_states[-1][torch.arange(n_rec, device=device), ends[:n_rec].to(device)]
+            if self.gct_lambda_sem > 0:
+                loss = loss + self.gct_lambda_sem * info_nce(
+                    self.sem_proj(h_con), self.sem_emb[targets], self.gct_tau, targets)
+            if self.gct_lambda_beh > 0:
+                loss = loss + self.gct_lambda_beh * info_nce(
+                    self.beh_proj(h_con), self.beh_emb[targets], self.gct_tau, targets)
+        return loss
+
+    # -------------------------------------------------------------- annealing
+    def start_annealing(self):
+        """Freeze the stage-one model and add the annealing LoRA adapter."""
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if self.annealing:
+            return
+        llm = self.llm.merge_and_unload() if isinstance(self.llm, PeftModel) else self.llm
+        for p in self.parameters():
+            p.requires_grad_(False)
+        adapter = LoraConfig(r=self.config["aat_lora_r"], lora_alpha=self.config["aat_lora_alpha"],
+                             lora_dropout=self.config["lora_dropout"],
+                             target_modules=list(self.config["aat_target_modules"]),
+                             task_type="CAUSAL_LM")
+        self.llm = get_peft_model(llm, adapter)
+        self.annealing = True
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        if any(".lora_A." in k for k in state_dict) and not self.annealing \
+                and self.config["aat_epochs"] > 0:
+            self.start_annealing()  # a checkpoint written after the annealing phase
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _inference_llm(self):
+        from contextlib import nullcontext
+
+        if self.annealing and not self.config["aat_keep_adapter"]:
+            return self.llm.disable_adapter()
+        return nullcontext()
+
+    # ------------------------------------------------------------- inference
+    @torch.no_grad()
+    def recommend(self, item_seq, item_len, top_k: int = None):
+        """Top items per history by constrained beam search: (items, log-probs)."""
+        items, scores = [], []
+        with self._inference_llm():
+            for start in range(0, len(item_seq), self.beam_batch_size):
+                prompts = self._seq_prompts(item_seq[start:start + self.beam_batch_size],
+                                            item_len[start:start + self.beam_batch_size])
+                input_ids, mask = inference_batch(prompts, self.pad_id, self.max_prompt)
+                device = self.item_codes.device
+                i, s = constrained_beam_search(self.llm, input_ids.to(device), mask.to(device),
+                                               self.trie, self.num_beams, top_k)
+                items.append(i)
+                scores.append(s)
+        return torch.cat(items), torch.cat(scores)
+
+    def full_sort_predict(self, interaction):
+        items, scores = self.recommend(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return to_full_sort_scores(items, scores, self.n_items)
+
+    @torch.no_grad()
+    def predict(self, interaction):
+        """Log-probability of each candidate item's codes (sampled evaluation)."""
+        prompts = self._seq_prompts(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        answers = [self.index.token_ids(int(i)) for i in interaction[self.ITEM_ID].tolist()]
+        with self._inference_llm():
+            return answer_logprob(self.llm, prompts, answers, self.pad_id, self.max_prompt)

@@ -1,0 +1,167 @@
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import BEAUTY_TINY, REPO
+from recbole_llm.config import Config
+from recbole_llm.model.eagerllm import build_dual_source_codes
+from recbole_llm.model.layers import MLPProjector, info_nce
+from recbole_llm.quick_start import build
+from recbole_llm.tokenization import hierarchical_kmeans
+
+TINY_EAGER = dict(
+    BEAUTY_TINY, preference_field="categories", behavior_epochs=1,
+    behavior_model_args={"hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1},
+    index_k=8, index_kmeans_iters=10, index_collision="extra_code", llm_hidden_size=32,
+    llm_num_layers=1, llm_num_heads=2, llm_vocab_size=400, MAX_ITEM_LIST_LENGTH=5,
+    epochs=1, aat_epochs=1, train_batch_size=256, num_beams=20, beam_batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def eager(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    argv, sys.argv = sys.argv, ["tests"]
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("run"))
+    try:
+        config = Config(model="EAGERLLM", dataset="beauty-tiny",
+                        config_dict=dict(TINY_EAGER, llm_cache_dir=str(cache)))
+        _, data, model, trainer = build(config)
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
+    return config, data, model, trainer
+
+
+@pytest.mark.parametrize("composition, prefixes", [
+    ("unit", ["s1", "s2", "b1", "b2"]), ("semantic", ["s1", "s2", "s3", "s4"]),
+    ("behavior", ["b1", "b2", "b3", "b4"]), ("random", ["r1", "r2", "r3", "r4"])])
+def test_index_compositions(composition, prefixes):
+    rng = np.random.default_rng(0)
+    sem, beh = rng.normal(size=(300, 8)), rng.normal(size=(300, 6))
+    codes, names = build_dual_source_codes(sem, beh, composition, k=4, sem_levels=2,
+                                           beh_levels=2, iters=10, seed=0)
+    assert codes.shape == (300, 4) and names == prefixes
+    assert codes.min() >= 0 and codes.max() < 4
+    if composition == "unit":  # decoupled: each half comes from its own source only
+        assert np.array_equal(codes[:, :2], hierarchical_kmeans(sem, 4, 2, 10, 0))
+        other, _ = build_dual_source_codes(sem, rng.normal(size=(300, 6)), "unit", 4, 2, 2, 10, 0)
+        assert np.array_equal(other[:, :2], codes[:, :2]) and not np.array_equal(other[:, 2:], codes[:, 2:])
+    with pytest.raises(ValueError, match="index_composition"):
+        build_dual_source_codes(sem, beh, "fused", 4, 2, 2, 10, 0)
+
+
+def test_info_nce_falls_and_ignores_duplicate_items():
+    torch.manual_seed(0)
+    keys = torch.randn(32, 16)
+    proj = MLPProjector(8, 16)
+    inputs = keys[:, :8] + 0.1 * torch.randn(32, 8)
+    opt = torch.optim.Adam(proj.parameters(), lr=1e-2)
+    first = info_nce(proj(inputs), keys).item()
+    for _ in range(100):
+        opt.zero_grad()
+        loss = info_nce(proj(inputs), keys)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.2 * first
+    ids = torch.tensor([1, 1, 2])
+    q = torch.eye(3)
+    k = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0]])
+    # item 1 twice: its copy is not a negative, so the loss stays as for distinct rows
+    assert info_nce(q[:2], k[:2], 1.0, ids[:2]).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_index_covers_every_item_with_its_own_tokens(eager):
+    _, _, model, _ = eager
+    index = model.index
+    assert index.levels == 5 and index.prefixes == ["s1", "s2", "b1", "b2", "x"]
+    ids = {tuple(index.token_ids(i)) for i in range(1, index.n_items)}
+    assert len(ids) == index.n_items - 1
+    vocab = model.tokenizer.get_vocab()
+    assert all(t in vocab for t in index.tokens()) and "[CON]" in vocab
+    assert model.llm.get_input_embeddings().num_embeddings == len(model.tokenizer)
+
+
+def test_gct_gradient_reaches_projectors_and_backbone(eager):
+    _, (train, _, _), model, _ = eager
+    batch = next(iter(train))
+    model.train()
+    model.zero_grad()
+    with_gct = model.calculate_loss(batch)
+    with_gct.backward()
+    assert model.sem_proj[0].weight.grad.abs().sum() > 0
+    assert model.beh_proj[0].weight.grad.abs().sum() > 0
+    assert model.llm.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    lam = model.gct_lambda_sem, model.gct_lambda_beh
+    model.gct_lambda_sem = model.gct_lambda_beh = 0.0
+    model.zero_grad()
+    model._rng = np.random.default_rng(0)
+    without = model.calculate_loss(batch)
+    without.backward()
+    assert model.sem_proj[0].weight.grad is None or model.sem_proj[0].weight.grad.abs().sum() == 0
+    model.gct_lambda_sem, model.gct_lambda_beh = lam
+
+
+def test_generated_items_are_valid_and_distinct(eager):
+    _, (_, _, test), model, _ = eager
+    model.eval()
+    batch = next(iter(test))[0]
+    items, scores = model.recommend(batch["item_id_list"][:16], batch["item_length"][:16])
+    assert items.shape == (16, 20)
+    assert ((items >= 1) & (items < model.n_items)).all()
+    for row, row_scores in zip(items, scores):
+        assert len(set(row.tolist())) == 20 and torch.all(row_scores[:-1] >= row_scores[1:])
+    full = model.full_sort_predict(_slice(batch, 4))
+    assert full.shape == (4, model.n_items)
+    # the generated items are exactly the top-20 of the full-sort row
+    assert set(full[0].topk(20).indices.tolist()) == set(items[0].tolist())
+    assert full[:, 0].max() < scores.min()  # padding item ranks below every generated item
+
+
+def _slice(interaction, n):
+    return interaction[torch.arange(n)]
+
+
+def test_annealing_freezes_stage_one_and_trains_the_adapter(eager):
+    import copy
+    _, (train, _, _), model, _ = eager
+    model = copy.deepcopy(model)
+    model.start_annealing()
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    loss = model.calculate_loss(next(iter(train)))
+    loss.backward()
+    opt.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+    # a checkpoint written after annealing loads into a fresh (stage-one) model
+    state = model.state_dict()
+    fresh = copy.deepcopy(eager[2])
+    fresh.load_state_dict(state)
+    assert fresh.annealing
+
+
+def test_end_to_end_on_ml100k_under_a_minute(tmp_path):
+    args = ["--model=EAGERLLM", "--dataset=ml-100k", "--user_inter_num_interval=[20,21]",
+            "--MAX_ITEM_LIST_LENGTH=5", "--behavior_epochs=1",
+            "--behavior_model_args={'hidden_size': 16, 'inner_size': 32, 'n_layers': 1, 'n_heads': 1}",
+            "--index_k=8", "--index_kmeans_iters=10", "--index_collision=extra_code",
+            "--llm_hidden_size=32", "--llm_num_layers=1", "--llm_num_heads=2",
+            "--llm_vocab_size=400", "--epochs=1", "--aat_epochs=1", "--train_batch_size=256",
+            "--beam_batch_size=64", "--state=INFO", f"--llm_cache_dir={tmp_path / 'cache'}"]
+    start = time.time()
+    out = subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_llm.py"), *args],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    elapsed = time.time() - start
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert "Annealing adapter tuning" in log and "test result" in log and "ndcg@10" in log
+    assert elapsed < 60, f"took {elapsed:.0f} s"
