@@ -37,10 +37,25 @@ def data_fingerprint(dataset) -> str:
     return digest.hexdigest()[:20]
 
 
+# Training settings the conventional model takes from RecBole, not from the
+# plugin model whose config it is derived from (e.g. EAGER's batch of 64).
+_TRAINING_KEYS = ("train_batch_size", "learner", "learning_rate", "weight_decay",
+                  "clip_grad_norm", "epochs", "stopping_step")
+
+
+def _recbole_overall(config) -> dict:
+    path = os.path.join(os.path.dirname(recbole.__file__), "properties", "overall.yaml")
+    with open(path, encoding="utf-8") as f:
+        overall = yaml.load(f, Loader=config.yaml_loader) or {}
+    return {k: overall[k] for k in _TRAINING_KEYS if k in overall}
+
+
 def conventional_config(config, model_name: str, overrides: dict = None):
-    """A copy of ``config`` with RecBole's defaults for ``model_name`` and overrides."""
+    """A copy of ``config`` with RecBole's training defaults, RecBole's defaults
+    for ``model_name``, then ``overrides``."""
     sub = copy.copy(config)
     sub.final_config_dict = dict(config.final_config_dict)
+    sub.final_config_dict.update(_recbole_overall(config))
     sub.final_config_dict.update(_recbole_defaults(config, model_name))
     sub.final_config_dict.update(overrides or {})
     sub.final_config_dict["model"] = model_name
