@@ -24,10 +24,11 @@ DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"))
 COMMON = {"data_path": DATA, "seed": 2020, "MAX_ITEM_LIST_LENGTH": 20, "show_progress": False,
           "metrics": ["Recall", "NDCG", "Hit"], "topk": [3, 5, 10, 20], "valid_metric": "NDCG@10"}
 SASREC = {"model": "SASRec", "train_neg_sample_args": None, "stopping_step": 5}
-# sized to train on 2 CPU cores in about an hour
+# sized to train on 2 CPU cores in about an hour; behaviour embeddings come from the
+# SASRec row's checkpoint (trained on the same training split)
 EAGER = {"model": "EAGERLLM", "epochs": 2, "eval_step": 2, "aat_epochs": 1,
          "llm_hidden_size": 128, "llm_num_layers": 2, "llm_num_heads": 4,
-         "behavior_epochs": 10, "train_batch_size": 64, "beam_batch_size": 64}
+         "train_batch_size": 64, "beam_batch_size": 64}
 ROWS = {
     "sasrec": SASREC,
     "unit": EAGER,
@@ -62,6 +63,7 @@ test_result = trainer.evaluate(test, load_best_model=False)
 evaluate = time.time() - start
 users = test.dataset.inter_num if hasattr(test, "dataset") else None
 print("RESULT " + json.dumps({"test": {k: float(v) for k, v in test_result.items()},
+                              "checkpoint": trainer.saved_model_file,
                               "prepare_s": prep, "fit_s": fit, "eval_s": evaluate,
                               "test_users": int(users)}))
 """
@@ -72,6 +74,9 @@ def run_row(name, force):
     if os.path.isfile(path) and not force:
         return json.load(open(path))
     settings = dict(COMMON, **ROWS[name])
+    if settings["model"] == "EAGERLLM":
+        # behaviour embeddings: the item table of the SASRec baseline trained on the same split
+        settings["behavior_checkpoint"] = run_row("sasrec", False)["checkpoint"]
     workdir = os.path.join(HERE, "results", "work")
     os.makedirs(workdir, exist_ok=True)
     print(f"[{time.strftime('%H:%M:%S')}] running {name}: {settings}", flush=True)

@@ -111,3 +111,5 @@ def get_trainer_class(name: str, model_type) -> type:
 register("EAGERLLM", "recbole_llm.model.eagerllm:EAGERLLM",
          dataset="recbole_llm.data.text:SequentialTextDataset",
          trainer="recbole_llm.model.eagerllm_trainer:EAGERTrainer")
+register("ELCoRec", "recbole_llm.model.elcorec:ELCoRec",
+         dataset="recbole_llm.data.text:CTRTextDataset")

@@ -116,11 +116,14 @@ def test_generated_items_are_valid_and_distinct(eager):
     assert ((items >= 1) & (items < model.n_items)).all()
     for row, row_scores in zip(items, scores):
         assert len(set(row.tolist())) == 20 and torch.all(row_scores[:-1] >= row_scores[1:])
-    full = model.full_sort_predict(_slice(batch, 4))
+    four = _slice(batch, 4)
+    full = model.full_sort_predict(four)
+    items4, scores4 = model.recommend(four["item_id_list"], four["item_length"])
     assert full.shape == (4, model.n_items)
-    # the generated items are exactly the top-20 of the full-sort row
-    assert set(full[0].topk(20).indices.tolist()) == set(items[0].tolist())
-    assert full[:, 0].max() < scores.min()  # padding item ranks below every generated item
+    # the generated items, with their beam scores, are the top-20 of the full-sort row
+    assert set(full[0].topk(20).indices.tolist()) == set(items4[0].tolist())
+    assert torch.allclose(full[0, items4[0]], scores4[0])
+    assert full[:, 0].max() < scores4.min()  # padding item ranks below every generated item
 
 
 def _slice(interaction, n):

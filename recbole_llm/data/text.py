@@ -140,3 +140,29 @@ class TextDataset(ItemTextMixin, Dataset):
 
 class SequentialTextDataset(ItemTextMixin, SequentialDataset):
     """Sequential dataset with item text."""
+
+
+class CTRTextDataset(TextDataset):
+    """CTR dataset with item text that also keeps each interaction's rating.
+
+    RecBole turns the rating into a 0/1 label (``threshold``) and deletes the
+    rating column; models that show past ratings (ELCoRec) still need them.
+    The table is keyed by internal (user, item) ids and shared by the split
+    copies; repeated (user, item) pairs keep the mean rating.
+    """
+
+    def _set_label_by_threshold(self):
+        field = self.config["RATING_FIELD"]
+        if self.config["threshold"] and field in self.inter_feat:
+            frame = self.inter_feat[[self.uid_field, self.iid_field, field]]
+            table = frame.groupby([self.uid_field, self.iid_field])[field].mean()
+            self._text_cache["ratings"] = {(int(u), int(i)): float(r) for (u, i), r in table.items()}
+        super()._set_label_by_threshold()
+
+    def rating_of(self, user: int, item: int) -> float:
+        """The raw rating of a (user, item) interaction, NaN if unknown."""
+        ratings = self._text_cache.get("ratings")
+        if ratings is None:
+            raise ValueError(f"dataset '{self.config['dataset']}' kept no ratings: it needs a "
+                             f"'{self.config['RATING_FIELD']}' field and a threshold on it")
+        return ratings.get((int(user), int(item)), float("nan"))

@@ -10,16 +10,32 @@ import torch
 
 
 class Template:
-    def __init__(self, tokenizer, text: str, slot: str):
-        marker = "{" + slot + "}"
-        if text.count(marker) != 1:
-            raise ValueError(f"template {text!r} must contain {marker} exactly once")
-        before, after = text.split(marker)
-        self.prefix = tokenizer(before, add_special_tokens=False)["input_ids"] if before else []
-        self.suffix = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    """``Template(tok, "Liked {items}. Next: {target}?", "items", "target")``;
+    ``fill(item_ids, target_ids)`` returns the token ids with the slots filled."""
 
-    def fill(self, ids: list) -> list:
-        return self.prefix + list(ids) + self.suffix
+    def __init__(self, tokenizer, text: str, *slots: str):
+        self.parts, rest = [], text
+        for slot in slots:
+            marker = "{" + slot + "}"
+            if rest.count(marker) != 1:
+                raise ValueError(f"template {text!r} must contain {marker} exactly once, "
+                                 f"after the slots before it")
+            before, rest = rest.split(marker)
+            self.parts.append(tokenizer(before, add_special_tokens=False)["input_ids"] if before else [])
+        self.parts.append(tokenizer(rest, add_special_tokens=False)["input_ids"] if rest else [])
+        self.slots = slots
+
+    @property
+    def prefix(self) -> list:
+        return self.parts[0]
+
+    def fill(self, *values) -> list:
+        if len(values) != len(self.slots):
+            raise ValueError(f"template needs {len(self.slots)} slot values, got {len(values)}")
+        out = list(self.parts[0])
+        for value, part in zip(values, self.parts[1:]):
+            out += list(value) + part
+        return out
 
 
 def training_batch(prompts: list, answers: list, pad_id: int, max_length: int, suffixes=None):

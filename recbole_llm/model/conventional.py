@@ -62,6 +62,24 @@ def conventional_config(config, model_name: str, overrides: dict = None):
     return sub
 
 
+def checkpoint_item_embeddings(path: str, n_items: int) -> np.ndarray:
+    """``item_embedding.weight`` of a RecBole / recbole-llm checkpoint, loaded weights-only."""
+    from recbole_llm.trainer import load_checkpoint
+
+    try:
+        state = load_checkpoint(path)["state_dict"]
+    except Exception as err:
+        raise ValueError(f"cannot read {path} as a weights-only checkpoint ({err}); RecBole's own "
+                         "checkpoints pickle their Config: train with run_recbole_llm.py") from None
+    if "item_embedding.weight" not in state:
+        raise ValueError(f"{path} holds no item_embedding.weight (keys: {list(state)[:8]}...)")
+    emb = state["item_embedding.weight"].float().numpy()
+    if emb.shape[0] != n_items:
+        raise ValueError(f"{path}: item table has {emb.shape[0]} rows, the dataset {n_items} items; "
+                         "was it trained on this dataset with the same filtering?")
+    return emb
+
+
 def train_item_embeddings(config, dataset, model_name: str, epochs: int, overrides: dict = None,
                           cache: Cache = None) -> np.ndarray:
     """Item embedding table ``[n_items, d]`` of a RecBole sequential model trained

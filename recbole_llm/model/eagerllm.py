@@ -35,7 +35,8 @@ from recbole_llm.llm.cache import Cache
 from recbole_llm.llm.encoder import item_text_embeddings
 from recbole_llm.llm.generation import constrained_beam_search, to_full_sort_scores
 from recbole_llm.llm.prompts import Template, answer_logprob, inference_batch, training_batch
-from recbole_llm.model.conventional import data_fingerprint, train_item_embeddings
+from recbole_llm.model.conventional import (checkpoint_item_embeddings, data_fingerprint,
+                                            train_item_embeddings)
 from recbole_llm.model.layers import MLPProjector, info_nce
 from recbole_llm.tokenization import ItemIndex, hierarchical_kmeans
 
@@ -78,8 +79,11 @@ class EAGERLLM(SequentialRecommender):
 
         # --- exogenous knowledge: semantic (text) and behavioural embeddings
         sem = item_text_embeddings(dataset, config, cache)
-        beh = train_item_embeddings(config, dataset, config["behavior_model"],
-                                    config["behavior_epochs"], config["behavior_model_args"], cache)
+        if config["behavior_checkpoint"]:
+            beh = checkpoint_item_embeddings(config["behavior_checkpoint"], dataset.item_num)
+        else:
+            beh = train_item_embeddings(config, dataset, config["behavior_model"],
+                                        config["behavior_epochs"], config["behavior_model_args"], cache)
         self.register_buffer("sem_emb", torch.as_tensor(sem, dtype=torch.float32))
         self.register_buffer("beh_emb", torch.as_tensor(beh, dtype=torch.float32))
 
@@ -131,7 +135,8 @@ class EAGERLLM(SequentialRecommender):
                         collision=config["index_collision"])
         key = cache.key("eager-index", dataset=config["dataset"], data=data_fingerprint(dataset),
                         behavior=config["behavior_model"], behavior_args=config["behavior_model_args"],
-                        behavior_epochs=config["behavior_epochs"], **settings)
+                        behavior_epochs=config["behavior_epochs"],
+                        behavior_checkpoint=config["behavior_checkpoint"], **settings)
         if cache.has_arrays(key):
             return ItemIndex.load(cache, key)
         codes, prefixes = build_dual_source_codes(
