@@ -55,3 +55,14 @@ def test_pickled_objects_are_refused(tmp_path):
         load_checkpoint(path)
     with pytest.raises(FileNotFoundError):
         load_checkpoint(str(tmp_path / "none.pth"))
+
+
+def test_item_embeddings_from_a_plugin_checkpoint():
+    from recbole_llm.model.conventional import checkpoint_item_embeddings
+    result = run_recbole_llm(model="BPR", dataset="ml-tiny", config_dict=dict(ML_TINY, epochs=1))
+    state = torch.load(result["saved_model_file"], weights_only=True)["state_dict"]
+    n_items = state["item_embedding.weight"].shape[0]
+    emb = checkpoint_item_embeddings(result["saved_model_file"], n_items)
+    assert emb.shape == (n_items, 64) and (emb == state["item_embedding.weight"].numpy()).all()
+    with pytest.raises(ValueError, match="rows, the dataset"):
+        checkpoint_item_embeddings(result["saved_model_file"], n_items + 1)

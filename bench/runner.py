@@ -1,0 +1,72 @@
+"""Shared by the quality benchmarks: one row = one fresh process, one JSON file.
+
+Each row trains through recbole-llm's pipeline (``build`` + RecBole's
+``fit``), reloads its best checkpoint, times ``evaluate`` on the test split and
+stores the result atomically, so an interrupted benchmark resumes with the
+rows not yet done.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+ONE_RUN = r"""
+import json, sys, time
+sys.argv = sys.argv[:1]
+from recbole_llm.config import Config
+from recbole_llm.quick_start import build
+from recbole_llm.utils import set_cpu_threads
+from recbole.utils import init_logger, init_seed
+settings = json.loads(sys.stdin.read())
+model, dataset = settings.pop("model"), settings.pop("dataset")
+config = Config(model=model, dataset=dataset, config_dict=settings)
+set_cpu_threads(config["cpu_threads"])
+init_seed(config["seed"], config["reproducibility"])
+init_logger(config)
+start = time.time()
+_, (train, valid, test), _, trainer = build(config)
+prep = time.time() - start
+start = time.time()
+trainer.fit(train, valid, saved=True, show_progress=False)
+fit = time.time() - start
+trainer.load_model_weights(trainer.saved_model_file)
+start = time.time()
+test_result = trainer.evaluate(test, load_best_model=False)
+evaluate = time.time() - start
+print("RESULT " + json.dumps({"test": {k: float(v) for k, v in test_result.items()},
+                              "checkpoint": trainer.saved_model_file,
+                              "prepare_s": prep, "fit_s": fit, "eval_s": evaluate,
+                              "test_rows": int(test.dataset.inter_num)}))
+"""
+
+
+def run_row(name: str, settings: dict, out_dir: str, force: bool = False) -> dict:
+    """Result of one row (cached in ``out_dir/<name>.json`` unless ``force``)."""
+    path = os.path.join(out_dir, f"{name}.json")
+    if os.path.isfile(path) and not force:
+        with open(path) as f:
+            return json.load(f)
+    repo = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    print(f"[{time.strftime('%H:%M:%S')}] running {name}: {settings}", flush=True)
+    proc = subprocess.run([sys.executable, "-c", ONE_RUN], input=json.dumps(settings), text=True,
+                          capture_output=True, cwd=repo)
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode or not line:
+        sys.exit(f"row {name} failed:\n{proc.stderr[-4000:]}")
+    result = dict(json.loads(line[-1][7:]), settings=settings)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(path + ".tmp", path)
+    return result
+
+
+def finished_rows(names, out_dir) -> dict:
+    done = {}
+    for name in names:
+        path = os.path.join(out_dir, f"{name}.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                done[name] = json.load(f)
+    return done
