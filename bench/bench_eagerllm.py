@@ -10,10 +10,9 @@ with the rows not yet done (``--force`` reruns).  The table, with ratios over
 SASRec and evaluation time per 1,000 users, goes to
 bench/results/eagerllm_beauty.md.
 """
-import argparse
 import os
 
-from runner import finished_rows, run_row
+from runner import main, run_row
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results", "eagerllm_beauty")
@@ -58,21 +57,9 @@ def table(results):
     return "\n".join(lines)
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    parser.add_argument("--force", action="store_true")
-    args = parser.parse_args()
-    for name in args.rows:
-        row(name, args.force)
-    done = finished_rows(ROWS, OUT)
-    text = (f"Amazon Beauty 5-core, leave-one-out by time, full ranking over all items, seed 2020, "
-            f"history 20, {os.cpu_count()} CPU cores, 1 thread; RecBole's evaluator.\n\n"
-            + table(done) + "\n")
-    print(text)
-    with open(os.path.join(HERE, "results", "eagerllm_beauty.md"), "w") as f:
-        f.write(text)
+HEADER = ("Amazon Beauty 5-core, leave-one-out by time, full ranking over all items, seed 2020, "
+          f"history 20, {os.cpu_count()} CPU cores, 1 thread; RecBole's evaluator.")
 
 
 if __name__ == "__main__":
-    main()
+    main(ROWS, row, OUT, table, HEADER, os.path.join(HERE, "results", "eagerllm_beauty.md"))

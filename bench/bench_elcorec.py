@@ -8,10 +8,9 @@ fields: age, gender, occupation, release year, genre) and RecBole's AUC and
 LogLoss.  Rows are stored in bench/results/elcorec_ml100k/<row>.json and the
 table in bench/results/elcorec_ml100k.md.
 """
-import argparse
 import os
 
-from runner import finished_rows, run_row
+from runner import main, run_row
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results", "elcorec_ml100k")
@@ -44,20 +43,13 @@ def table(results) -> str:
     return "\n".join(lines)
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    parser.add_argument("--force", action="store_true")
-    args = parser.parse_args()
-    for name in args.rows:
-        run_row(name, dict(COMMON, **ROWS[name]), OUT, args.force)
-    text = ("ml-100k CTR: label = rating >= 4, global time order, 8:1:1, seed 2020, "
-            f"{os.cpu_count()} CPU cores, 1 thread; RecBole's evaluator.\n\n"
-            + table(finished_rows(ROWS, OUT)) + "\n")
-    print(text)
-    with open(os.path.join(HERE, "results", "elcorec_ml100k.md"), "w") as f:
-        f.write(text)
+def row(name, force=False):
+    return run_row(name, dict(COMMON, **ROWS[name]), OUT, force)
+
+
+HEADER = ("ml-100k CTR: label = rating >= 4, global time order, 8:1:1, seed 2020, "
+          f"{os.cpu_count()} CPU cores, 1 thread; RecBole's evaluator.")
 
 
 if __name__ == "__main__":
-    main()
+    main(ROWS, row, OUT, table, HEADER, os.path.join(HERE, "results", "elcorec_ml100k.md"))

@@ -46,7 +46,7 @@ def bench_indices(sizes, dim=384, k=256, levels=3, iters=20):
             rows.append((name, n, build_s, resolve_s + trie_s, index.raw_collision_rate,
                          index.codes[1:, -1].max() + 1))
             print(rows[-1], flush=True)
-        del x
+        x = None  # free the matrix before the next size
     return rows
 
 

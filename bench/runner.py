@@ -70,3 +70,19 @@ def finished_rows(names, out_dir) -> dict:
             with open(path) as f:
                 done[name] = json.load(f)
     return done
+
+
+def main(rows: dict, run, out_dir: str, table, header: str, md_path: str):
+    """``--rows`` / ``--force`` command line: run rows, print and write the table."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", nargs="+", default=list(rows), choices=list(rows))
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args()
+    for name in args.rows:
+        run(name, args.force)
+    text = header + "\n\n" + table(finished_rows(rows, out_dir)) + "\n"
+    print(text)
+    with open(md_path, "w") as f:
+        f.write(text)

@@ -41,3 +41,23 @@ def data_copy(tmp_path):
     dst = tmp_path / "data"
     shutil.copytree(DATA, dst)
     return dst
+
+
+def build_model(tmp_path_factory, model, dataset, settings):
+    """Dataset, splits, model and trainer of a plugin model, built once per test
+    module in a scratch folder (RecBole writes logs to the cwd and reads argv)."""
+    from recbole_llm.config import Config
+    from recbole_llm.quick_start import build
+
+    cache = tmp_path_factory.mktemp("cache")
+    argv, sys.argv = sys.argv, ["tests"]
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("run"))
+    try:
+        config = Config(model=model, dataset=dataset,
+                        config_dict=dict(settings, llm_cache_dir=str(cache)))
+        _, data, net, trainer = build(config)
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
+    return config, data, net, trainer

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 from conftest import BEAUTY_TINY, DATA, ML_TINY
 from recbole_llm.config import Config

@@ -7,11 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BEAUTY_TINY, REPO
-from recbole_llm.config import Config
+from conftest import BEAUTY_TINY, REPO, build_model
 from recbole_llm.model.eagerllm import build_dual_source_codes
 from recbole_llm.model.layers import MLPProjector, info_nce
-from recbole_llm.quick_start import build
 from recbole_llm.tokenization import hierarchical_kmeans
 
 TINY_EAGER = dict(
@@ -24,18 +22,7 @@ TINY_EAGER = dict(
 
 @pytest.fixture(scope="module")
 def eager(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    argv, sys.argv = sys.argv, ["tests"]
-    cwd = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("run"))
-    try:
-        config = Config(model="EAGERLLM", dataset="beauty-tiny",
-                        config_dict=dict(TINY_EAGER, llm_cache_dir=str(cache)))
-        _, data, model, trainer = build(config)
-    finally:
-        sys.argv = argv
-        os.chdir(cwd)
-    return config, data, model, trainer
+    return build_model(tmp_path_factory, "EAGERLLM", "beauty-tiny", TINY_EAGER)
 
 
 @pytest.mark.parametrize("composition, prefixes", [

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DATA, ML_TINY, REPO
+from conftest import ML_TINY, REPO, build_model
 from recbole_llm.config import Config
 from recbole_llm.data import CTRTextDataset
 from recbole_llm.model.elcorec import build_hetero_graph
-from recbole_llm.quick_start import build
 
 TINY_CTR = dict(
     ML_TINY, threshold={"rating": 4},
@@ -55,18 +54,7 @@ def test_graph_has_every_node_and_edge_type(tmp_path):
 
 @pytest.fixture(scope="module")
 def elcorec(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    argv, sys.argv = sys.argv, ["tests"]
-    cwd = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("run"))
-    try:
-        config = Config(model="ELCoRec", dataset="ml-tiny",
-                        config_dict=dict(TINY_CTR, llm_cache_dir=str(cache)))
-        _, data, model, trainer = build(config)
-    finally:
-        sys.argv = argv
-        os.chdir(cwd)
-    return config, data, model, trainer
+    return build_model(tmp_path_factory, "ELCoRec", "ml-tiny", TINY_CTR)
 
 
 def test_gat_is_frozen_and_probabilities_in_range(elcorec):

@@ -26,7 +26,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn as nn
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
