@@ -9,6 +9,7 @@ not import on today's setuptools and NumPy.
 """
 import argparse
 import logging
+import os
 import sys
 from logging import getLogger
 
@@ -21,6 +22,17 @@ from recbole_llm.compat import check_pandas_copy_on_write
 from recbole_llm.config import Config
 from recbole_llm.data.atomic import check_dataset_files
 from recbole_llm.utils import set_cpu_threads
+
+
+def check_paths(config) -> None:
+    """Local model folders named in the config exist: fail before any long work."""
+    if config["llm_path"]:
+        from recbole_llm.llm.backbone import check_llm_path
+        check_llm_path(config["llm_path"])
+    path = config["text_encoder_path"]
+    if path and not os.path.isdir(path):
+        raise FileNotFoundError(f"text_encoder_path '{path}' is not a folder; it must name a local "
+                                "sentence-transformers or Hugging Face encoder folder")
 
 
 def create_dataset(config):
@@ -37,6 +49,7 @@ def build(config):
     """Dataset, splits, model and trainer for a config: everything but training."""
     init_seed(config["seed"], config["reproducibility"])
     logger = getLogger()
+    check_paths(config)
     dataset = create_dataset(config)
     logger.info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -52,10 +53,14 @@ def test_command_line_runs_and_prints_test_result(tmp_path):
     (["--model=BRP"], "unknown model 'BRP'"),
     (["--model=BPR", "--dataset=nowhere"], "dataset 'nowhere' not found"),
     (["--model=BPR", "--epoch=3"], "unknown option 'epoch'.*epochs"),
+    (["--model=EAGERLLM", "--llm_path=/no/such/llama"], "llm_path '/no/such/llama' is not a folder"),
+    (["--model=ELCoRec", "--text_encoder_path=/no/enc"], "text_encoder_path '/no/enc' is not a folder"),
 ])
 def test_command_line_errors_are_clear(tmp_path, args, message):
     import re
+    start = time.time()
     out = _cli(args + [f"--data_path={DATA}"], tmp_path)
+    assert time.time() - start < 30                      # before any long work
     assert out.returncode == 2
     assert re.search(message, out.stderr), out.stderr[-2000:]
     assert not (tmp_path / "saved").exists() or not os.listdir(tmp_path / "saved")

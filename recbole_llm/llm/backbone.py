@@ -18,7 +18,7 @@ SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
                   "unk_token": "<unk>"}
 
 
-def _check_llm_path(path: str) -> None:
+def check_llm_path(path: str) -> None:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"llm_path '{path}' is not a folder; it must name a local "
                                 "Hugging Face model folder (config.json, weights, tokenizer)")
@@ -68,7 +68,7 @@ def load_backbone(config, corpus=None, cache: Cache = None):
     """
     path = config["llm_path"]
     if path:
-        _check_llm_path(path)
+        check_llm_path(path)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
