@@ -5,11 +5,13 @@
 Index building: hierarchical k-means and RQ-KMeans (faiss, k=256, 3 levels,
 20 iterations) plus collision handling, on random items x 384 dims.
 Decoding: users/s of ``constrained_beam_search`` (beam 20, 4 code tokens,
-top-20) with the default small backbone (hidden 256, 4 layers) over tries of
-10k and 1M random items, prompts of 100 tokens, 32 users per batch.
+top-20) with the default small backbone (hidden 256, 4 layers) and EAGERLLM's
+(hidden 128, 2 layers) over tries of 10k and 1M random items, prompts of 100
+tokens, 32 users per batch.
 Real data: collision rate and code usage of the same quantisers on Amazon
 Beauty item-text embeddings (all-MiniLM-L6-v2).
-Prints a table and writes bench/results/tokenization.md.
+Prints the tables and writes bench/results/tokenization.md (indices, Beauty)
+and bench/results/decoding.md; ``--parts`` picks what to run.
 """
 import argparse
 import os
@@ -50,9 +52,10 @@ def bench_indices(sizes, dim=384, k=256, levels=3, iters=20):
     return rows
 
 
-def bench_decoding(trie_sizes, n_users=128, batch=32, beams=20, prompt_len=100, base_vocab=2000):
+def bench_decoding(trie_sizes, hidden=256, layers=4, n_users=128, batch=32, beams=20,
+                   prompt_len=100, base_vocab=2000):
     rows = []
-    model = small_llama(base_vocab + 4 * 256, hidden=256, layers=4, heads=4).eval()
+    model = small_llama(base_vocab + 4 * 256, hidden=hidden, layers=layers, heads=4).eval()
     rng = np.random.default_rng(0)
     for n in trie_sizes:
         codes = np.unique(rng.integers(0, 256, size=(int(n * 1.1), 4)), axis=0)[:n]
@@ -101,40 +104,51 @@ def bench_beauty(data_path, k=256):
 
 def main():
     parser = argparse.ArgumentParser()
+    parser.add_argument("--parts", nargs="+", default=["indices", "decode", "beauty"],
+                        choices=["indices", "decode", "beauty"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--tries", type=int, nargs="+", default=[10_000, 1_000_000])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--beauty_data_path", default=os.path.join(HERE, "..", "..", "shared", "data"),
-                        help="folder holding amazon_beauty_5core/ ('' to skip)")
+                        help="folder holding amazon_beauty_5core/")
     args = parser.parse_args()
     set_cpu_threads(args.threads)
-    beauty = bench_beauty(args.beauty_data_path) if args.beauty_data_path else None
-    index_rows = bench_indices(args.sizes)
-    decode_rows = bench_decoding(args.tries)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
-    lines = [f"Random items x 384 dims, k=256, 3 levels, 20 k-means iterations, "
-             f"{args.threads} thread(s), {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; "
-             f"peak RSS {peak:.1f} GiB.", "",
-             "| quantiser | items | build (s) | collisions + trie (s) | raw collision rate | "
-             "extra-code range |", "|---|---|---|---|---|---|"]
-    lines += [f"| {m} | {n:,} | {b:.1f} | {r:.1f} | {c:.3f} | {e} |"
-              for m, n, b, r, c, e in index_rows]
-    lines += ["", "Constrained beam search, beam 20, 4 codes, top-20, small default backbone "
-              "(hidden 256, 4 layers), 100-token prompts, 32 users per batch:", "",
-              "| trie items | trie build (s) | users/s |", "|---|---|---|"]
-    lines += [f"| {n:,} | {t:.2f} | {u:.1f} |" for n, t, u in decode_rows]
-    if beauty:
-        n, enc_s, rows = beauty
-        lines += ["", f"Amazon Beauty item text ({n:,} items, title + brand + categories), "
-                  f"all-MiniLM-L6-v2 embeddings ({enc_s:.0f} s, cached), k=256, 100 iterations; "
-                  "code usage as perplexity per level (256 = all codes used evenly):", "",
-                  "| quantiser | levels | build (s) | raw collision rate | extra-code range | "
-                  "perplexity per level |", "|---|---|---|---|---|---|"]
-        lines += [f"| {m} | {l} | {b:.1f} | {c:.3f} | {e} | {p} |" for m, l, b, c, e, p in rows]
+    results = os.path.join(HERE, "results")
+    os.makedirs(results, exist_ok=True)
+    stamp = f"{args.threads} thread(s), {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}"
+    if "indices" in args.parts or "beauty" in args.parts:
+        lines = []
+        if "indices" in args.parts:
+            rows = bench_indices(args.sizes)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+            lines += [f"Random items x 384 dims, k=256, 3 levels, 20 k-means iterations, {stamp}; "
+                      f"peak RSS {peak:.1f} GiB.", "",
+                      "| quantiser | items | build (s) | collisions + trie (s) | raw collision rate | "
+                      "extra-code range |", "|---|---|---|---|---|---|"]
+            lines += [f"| {m} | {n:,} | {b:.1f} | {r:.1f} | {c:.3f} | {e} |" for m, n, b, r, c, e in rows]
+        if "beauty" in args.parts:
+            n, enc_s, rows = bench_beauty(args.beauty_data_path)
+            lines += ["", f"Amazon Beauty item text ({n:,} items, title + brand + categories), "
+                      f"all-MiniLM-L6-v2 embeddings ({enc_s:.0f} s, cached), k=256, 100 iterations; "
+                      "code usage as perplexity per level (256 = all codes used evenly):", "",
+                      "| quantiser | levels | build (s) | raw collision rate | extra-code range | "
+                      "perplexity per level |", "|---|---|---|---|---|---|"]
+            lines += [f"| {m} | {l} | {b:.1f} | {c:.3f} | {e} | {p} |" for m, l, b, c, e, p in rows]
+        write(os.path.join(results, "tokenization.md"), lines)
+    if "decode" in args.parts:
+        lines = [f"Constrained beam search (tree attention), beam 20, 4 codes, top-20, 100-token "
+                 f"prompts, 32 users per batch, {stamp}:", "",
+                 "| backbone | trie items | trie build (s) | users/s |", "|---|---|---|---|"]
+        for hidden, layers in ((256, 4), (128, 2)):
+            for n, t, u in bench_decoding(args.tries, hidden=hidden, layers=layers):
+                lines.append(f"| hidden {hidden}, {layers} layers | {n:,} | {t:.2f} | {u:.1f} |")
+        write(os.path.join(results, "decoding.md"), lines)
+
+
+def write(path, lines):
     table = "\n".join(lines)
     print(table)
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "tokenization.md"), "w") as f:
+    with open(path, "w") as f:
         f.write(table + "\n")
 
 
