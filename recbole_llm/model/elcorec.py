@@ -370,7 +370,9 @@ class ELCoRec(AbstractRecommender):
             embeds = embeds.clone()
             embeds[slot] = self.soft_proj(self.user_pref[users]).to(embeds.dtype)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+        # only the answer position is scored: skip the vocabulary projection elsewhere
+        logits = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                          logits_to_keep=1).logits
         return logits[:, -1, [self.yes_id, self.no_id]].float()
 
     def calculate_loss(self, interaction):
