@@ -304,3 +304,16 @@ def test_torn_cache_line_is_ignored_and_local_client_generates(tmp_path, tiny_lm
         f.write('{"k": "abc", "v": "half')
     again = CachedClient(LocalClient(model, tok), str(tmp_path), show_progress=False)
     assert again.complete(["which movie"], max_new_tokens=4) == [out[1]] and again.calls == 0
+
+
+def test_tail_loss_on_left_padding_equals_full_loss(tiny_lm):
+    from recbole_llm.llm.prompts import tail_lm_loss, training_batch
+    model, tok = tiny_lm
+    prompts = [tok(t)["input_ids"] for t in ("the user watched a comedy", "which movie")]
+    answers = [[5, 6, 7], [8]]
+    ids, mask, labels, _ = training_batch(prompts, answers, tok.pad_token_id, 64)
+    full = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    ids, mask, labels, ends = training_batch(prompts, answers, tok.pad_token_id, 64, left_pad=True)
+    tail, out = tail_lm_loss(model, ids, mask, labels)
+    assert out.logits.shape[1] == 4 and (ends == ids.shape[1] - 1).all()
+    assert torch.allclose(tail, full, atol=1e-5)

@@ -11,10 +11,7 @@ log-probabilities.
 import numpy as np
 import torch
 
-
-def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids under left padding: 0 at each row's first real token."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+from recbole_llm.llm.prompts import position_ids
 
 
 @torch.no_grad()
@@ -38,7 +35,7 @@ def constrained_beam_search(model, input_ids, attention_mask, trie, num_beams: i
         raise ValueError(f"top_k ({top_k}) cannot exceed num_beams ({num_beams})")
     device = attention_mask.device
     batch, prompt_len = attention_mask.shape
-    positions = _positions(attention_mask)
+    positions = position_ids(attention_mask)
     out = model(input_ids=None if inputs_embeds is not None else input_ids,
                 inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                 position_ids=positions, use_cache=True)

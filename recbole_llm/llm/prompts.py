@@ -38,26 +38,51 @@ class Template:
         return out
 
 
-def training_batch(prompts: list, answers: list, pad_id: int, max_length: int, suffixes=None):
-    """Right-padded ``input_ids, attention_mask, labels`` (+ position of each suffix's
-    last token, e.g. ``[CON]``).  Over-long prompts lose their oldest tokens."""
+def training_batch(prompts: list, answers: list, pad_id: int, max_length: int, suffixes=None,
+                   left_pad: bool = False):
+    """``input_ids, attention_mask, labels`` (+ position of each suffix's last token,
+    e.g. ``[CON]``), labels on the answer only.  Over-long prompts lose their
+    oldest tokens.  ``left_pad`` puts every row's end in the last column, so a
+    model can project only the last columns to the vocabulary
+    (:func:`tail_lm_loss`); positions then come from :func:`position_ids`."""
     suffixes = suffixes or [[] for _ in prompts]
-    rows, label_rows, ends = [], [], []
+    rows, label_rows = [], []
     for prompt, answer, suffix in zip(prompts, answers, suffixes):
         keep = max_length - len(answer) - len(suffix)
         prompt = prompt[-keep:] if keep > 0 else []
         rows.append(prompt + answer + suffix)
         label_rows.append([-100] * len(prompt) + answer + [-100] * len(suffix))
-        ends.append(len(rows[-1]) - 1)
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
+    ends = []
     for i, (r, l) in enumerate(zip(rows, label_rows)):
-        input_ids[i, :len(r)] = torch.tensor(r)
-        labels[i, :len(l)] = torch.tensor(l)
-        mask[i, :len(r)] = 1
+        cols = slice(width - len(r), width) if left_pad else slice(0, len(r))
+        input_ids[i, cols] = torch.tensor(r)
+        labels[i, cols] = torch.tensor(l)
+        mask[i, cols] = 1
+        ends.append(width - 1 if left_pad else len(r) - 1)
     return input_ids, mask, labels, torch.tensor(ends)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids under left padding: 0 at each row's first real token."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def tail_lm_loss(model, input_ids, attention_mask, labels, **kwargs):
+    """Causal-LM loss when every label lies in the last columns (left padding):
+    only those columns are projected to the vocabulary.  Returns (loss, output)."""
+    labelled = (labels != -100).any(0).nonzero()
+    keep = input_ids.shape[1] - int(labelled.min()) + 1 if len(labelled) else 1
+    out = model(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids(attention_mask), logits_to_keep=keep, **kwargs)
+    logits = out.logits[:, :-1].float()                  # predicts columns T-keep+1 .. T-1
+    target = labels[:, labels.shape[1] - keep + 1:]
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                             target.reshape(-1), ignore_index=-100)
+    return loss, out
 
 
 def inference_batch(prompts: list, pad_id: int, max_length: int):

@@ -33,7 +33,8 @@ from recbole_llm.llm.backbone import add_tokens, apply_tuning, load_backbone
 from recbole_llm.llm.cache import Cache
 from recbole_llm.llm.encoder import item_text_embeddings
 from recbole_llm.llm.generation import constrained_beam_search, to_full_sort_scores
-from recbole_llm.llm.prompts import Template, answer_logprob, inference_batch, training_batch
+from recbole_llm.llm.prompts import (Template, answer_logprob, inference_batch, tail_lm_loss,
+                                     training_batch)
 from recbole_llm.model.conventional import (checkpoint_item_embeddings, data_fingerprint,
                                             train_item_embeddings)
 from recbole_llm.model.layers import MLPProjector, info_nce
@@ -219,11 +220,10 @@ class EAGERLLM(SequentialRecommender):
             if suffixes is not None:
                 suffixes = suffixes + [[] for _ in aux_prompts]
         input_ids, mask, labels, ends = training_batch(prompts, answers, self.pad_id,
-                                                       self.max_prompt, suffixes)
+                                                       self.max_prompt, suffixes, left_pad=True)
         device = self.item_codes.device
-        out = self.llm(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                       labels=labels.to(device), output_hidden_states=use_gct)
-        loss = out.loss
+        loss, out = tail_lm_loss(self.llm, input_ids.to(device), mask.to(device),
+                                 labels.to(device), output_hidden_states=use_gct)
         if use_gct:
             h_con = out.hidden_states[-1][torch.arange(n_rec, device=device), ends[:n_rec].to(device)]
             if self.gct_lambda_sem > 0:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from recbole_llm.llm.backbone import add_tokens, apply_tuning, load_backbone
 from recbole_llm.llm.cache import Cache
 from recbole_llm.llm.encoder import item_text_embeddings
-from recbole_llm.llm.prompts import Template, inference_batch
+from recbole_llm.llm.prompts import Template, inference_batch, position_ids
 from recbole_llm.model.conventional import data_fingerprint
 
 PREF_TOKEN = "[PREF]"
@@ -369,7 +369,7 @@ class ELCoRec(AbstractRecommender):
             users = interaction[self.USER_ID].to(embeds.device)[rows]
             embeds = embeds.clone()
             embeds[slot] = self.soft_proj(self.user_pref[users]).to(embeds.dtype)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = position_ids(mask)
         # only the answer position is scored: skip the vocabulary projection elsewhere
         logits = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                           logits_to_keep=1).logits
