@@ -24,6 +24,10 @@ from recbole_llm.data.atomic import check_dataset_files
 from recbole_llm.utils import set_cpu_threads
 
 
+class InputError(Exception):
+    """Bad input found while setting up a run (config, data files, model folders)."""
+
+
 def check_paths(config) -> None:
     """Local model folders named in the config exist: fail before any long work."""
     if config["llm_path"]:
@@ -35,22 +39,32 @@ def check_paths(config) -> None:
                                 "sentence-transformers or Hugging Face encoder folder")
 
 
-def create_dataset(config):
-    """The registry's dataset class for plugin models, RecBole's choice otherwise."""
+def check_inputs(config) -> None:
+    """Everything checkable before long work: model folders, pandas mode, atomic files."""
+    check_paths(config)
     check_pandas_copy_on_write()
     check_dataset_files(config)
+
+
+def create_dataset(config, checked: bool = False):
+    """The registry's dataset class for plugin models, RecBole's choice otherwise."""
+    if not checked:
+        check_pandas_copy_on_write()
+        check_dataset_files(config)
     dataset_class = registry.get_dataset_class(config["model"])
     if dataset_class is None:
         return _recbole_create_dataset(config)
     return dataset_class(config)
 
 
-def build(config):
-    """Dataset, splits, model and trainer for a config: everything but training."""
+def build(config, checked: bool = False):
+    """Dataset, splits, model and trainer for a config: everything but training.
+    ``checked``: :func:`check_inputs` already ran."""
     init_seed(config["seed"], config["reproducibility"])
     logger = getLogger()
-    check_paths(config)
-    dataset = create_dataset(config)
+    if not checked:
+        check_paths(config)
+    dataset = create_dataset(config, checked)
     logger.info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
@@ -64,16 +78,20 @@ def build(config):
 def run_recbole_llm(model=None, dataset=None, config_file_list=None, config_dict=None,
                     saved=True):
     """Train, validate, reload the best checkpoint and test; RecBole's result dict."""
-    config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
-                    config_dict=config_dict)
-    set_cpu_threads(config["cpu_threads"])
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    logger = getLogger()
-    logger.info(sys.argv)
-    logger.info(config)
+    try:  # setup: what fails here is the user's input, reported without a traceback
+        config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
+                        config_dict=config_dict)
+        set_cpu_threads(config["cpu_threads"])
+        init_seed(config["seed"], config["reproducibility"])
+        init_logger(config)
+        logger = getLogger()
+        logger.info(sys.argv)
+        logger.info(config)
+        check_inputs(config)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        raise InputError(str(err)) from err
 
-    _, (train_data, valid_data, test_data), _, trainer = build(config)
+    _, (train_data, valid_data, test_data), _, trainer = build(config, checked=True)
     if config["resume_checkpoint"]:
         trainer.resume_checkpoint(config["resume_checkpoint"])
     best_valid_score, best_valid_result = trainer.fit(
@@ -109,7 +127,7 @@ def main(argv=None):
     files = args.config_files.strip().split(" ") if args.config_files else None
     try:
         run_recbole_llm(model=args.model, dataset=args.dataset, config_file_list=files)
-    except (ValueError, FileNotFoundError) as err:
+    except InputError as err:
         logging.shutdown()
         print(f"recbole-llm: error: {err}", file=sys.stderr)
         return 2

@@ -64,3 +64,25 @@ def test_command_line_errors_are_clear(tmp_path, args, message):
     assert out.returncode == 2
     assert re.search(message, out.stderr), out.stderr[-2000:]
     assert not (tmp_path / "saved").exists() or not os.listdir(tmp_path / "saved")
+
+
+def test_errors_after_setup_keep_their_traceback(monkeypatch, tmp_path):
+    from recbole.model.general_recommender import BPR
+
+    from recbole_llm import registry
+    from recbole_llm.quick_start import main
+
+    class Broken(BPR):
+        def calculate_loss(self, interaction):
+            raise ValueError("a bug inside training")
+
+    registry.register("Broken", Broken)
+    user = tmp_path / "tiny.yaml"
+    user.write_text(yaml.safe_dump(dict(ML_TINY, epochs=1, embedding_size=8)))  # no BPR.yaml
+    try:
+        monkeypatch.setattr(sys, "argv", ["x", "--model=Broken", "--dataset=ml-tiny",
+                                          f"--config_files={user}"])
+        with pytest.raises(ValueError, match="a bug inside training"):
+            main()
+    finally:
+        registry.unregister("Broken")
