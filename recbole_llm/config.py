@@ -71,7 +71,16 @@ def _peek(key, explicit, config_file_list, config_dict):
     return value
 
 
-def _known_keys(model: str, dataset: str) -> set:
+def _peek_setting(key, user_files, config_dict, default_files):
+    """Like :func:`_peek`, falling back to the plugin's own property files."""
+    value = _cmd_value(key) or (config_dict or {}).get(key)
+    for path in reversed(list(user_files or []) + list(default_files)):
+        if value is None:
+            value = _read_yaml(path).get(key)
+    return value
+
+
+def _known_keys(model: str, dataset: str, extra_files=()) -> set:
     keys = set(_UNDECLARED_RECBOLE_KEYS)
     recbole_files = [os.path.join(_RECBOLE_PROPERTIES, "overall.yaml"),
                      os.path.join(_RECBOLE_PROPERTIES, "model", f"{model}.yaml"),
@@ -79,7 +88,8 @@ def _known_keys(model: str, dataset: str) -> set:
                      *glob.glob(os.path.join(_RECBOLE_PROPERTIES, "quick_start_config", "*.yaml"))]
     for path in recbole_files + [os.path.join(PROPERTIES_DIR, "overall.yaml"),
                                  os.path.join(PROPERTIES_DIR, "model", f"{model}.yaml"),
-                                 *glob.glob(os.path.join(PROPERTIES_DIR, "dataset", "*.yaml"))]:
+                                 *glob.glob(os.path.join(PROPERTIES_DIR, "dataset", "*.yaml")),
+                                 *extra_files]:
         if os.path.isfile(path):
             keys.update(_read_yaml(path))
     return keys
@@ -97,9 +107,16 @@ class Config(_RecBoleConfig):
         model_name = model if isinstance(model, str) else model.__name__
         model_ref = registry.get_model_class(model_name) if isinstance(model, str) else model
         plugin_files = plugin_property_files(model_name, dataset)
+        base_files = []
+        if hasattr(model_ref, "specialise"):
+            # a wrapper model (Llama4Rec) takes the type, input type and RecBole
+            # hyper-parameters of the conventional model it wraps (``base_model``)
+            base = _peek_setting("base_model", user_files, config_dict, plugin_files)
+            model_ref, base_files = model_ref.specialise(base)
+            plugin_files = plugin_files[:1] + base_files + plugin_files[1:]
         super().__init__(model=model_ref, dataset=dataset,
                          config_file_list=plugin_files + user_files, config_dict=config_dict)
-        self._check_options(model_name, dataset, user_files)
+        self._check_options(model_name, dataset, user_files, base_files)
 
     def _set_default_parameters(self):
         # RecBole's overall.yaml samples one negative per positive, yet its
@@ -111,10 +128,10 @@ class Config(_RecBoleConfig):
             final["train_neg_sample_args"] = None
         super()._set_default_parameters()
 
-    def _check_options(self, model, dataset, user_files):
+    def _check_options(self, model, dataset, user_files, extra_files=()):
         if not self.final_config_dict.get("strict_options", True):
             return
-        known = _known_keys(model, dataset) | set(self.internal_config_dict)
+        known = _known_keys(model, dataset, extra_files) | set(self.internal_config_dict)
         for path in user_files:
             known.update(_read_yaml(path))
         for group in self.parameters.values():

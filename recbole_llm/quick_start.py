@@ -68,7 +68,7 @@ def build(config, checked: bool = False):
     logger.info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model_class = registry.get_model_class(config["model"])
+    model_class = config.model_class  # what Config resolved (a wrapper specialised to its base)
     model = model_class(config, train_data.dataset).to(config["device"])
     logger.info(model)
     trainer = registry.get_trainer_class(config["model"], config["MODEL_TYPE"])(config, model)

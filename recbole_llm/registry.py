@@ -113,3 +113,6 @@ register("EAGERLLM", "recbole_llm.model.eagerllm:EAGERLLM",
          trainer="recbole_llm.model.eagerllm_trainer:EAGERTrainer")
 register("ELCoRec", "recbole_llm.model.elcorec:ELCoRec",
          dataset="recbole_llm.data.text:CTRTextDataset")
+register("Llama4Rec", "recbole_llm.model.llama4rec:Llama4Rec",
+         dataset="recbole_llm.data.text:text_dataset",
+         trainer="recbole_llm.model.llama4rec_trainer:Llama4RecTrainer")

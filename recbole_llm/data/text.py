@@ -92,6 +92,28 @@ class ItemTextMixin:
             self.logger.warning(f"{missing} of {self.item_num - 1} items have no text in {path}")
         return texts
 
+    def _set_label_by_threshold(self):
+        # Runs before RecBole normalises float fields (ratings become 0..1) or
+        # turns them into labels and drops them: keep the raw values here.
+        field = self.config["RATING_FIELD"]
+        if field and field in self.inter_feat:
+            frame = self.inter_feat[[self.uid_field, self.iid_field, field]]
+            table = frame.groupby([self.uid_field, self.iid_field])[field].mean()
+            self._text_cache["ratings"] = {(int(u), int(i)): float(r) for (u, i), r in table.items()}
+        super()._set_label_by_threshold()
+
+    def has_ratings(self) -> bool:
+        return self._text_cache.get("ratings") is not None
+
+    def rating_of(self, user: int, item: int) -> float:
+        """The raw rating of a (user, item) interaction (mean over repeats), NaN
+        if unknown; shared by the split copies of the dataset."""
+        ratings = self._text_cache.get("ratings")
+        if ratings is None:
+            raise ValueError(f"dataset '{self.config['dataset']}' kept no ratings: it needs a "
+                             f"'{self.config['RATING_FIELD']}' field in load_col")
+        return ratings.get((int(user), int(item)), float("nan"))
+
     def item_texts(self) -> list:
         """Text of every item, indexed by RecBole's internal item id (0 = padding)."""
         if "items" not in self._text_cache:
@@ -143,26 +165,15 @@ class SequentialTextDataset(ItemTextMixin, SequentialDataset):
 
 
 class CTRTextDataset(TextDataset):
-    """CTR dataset with item text that also keeps each interaction's rating.
+    """CTR dataset with item text; ``rating_of`` keeps the ratings RecBole
+    turns into 0/1 labels (``threshold``) and then deletes."""
 
-    RecBole turns the rating into a 0/1 label (``threshold``) and deletes the
-    rating column; models that show past ratings (ELCoRec) still need them.
-    The table is keyed by internal (user, item) ids and shared by the split
-    copies; repeated (user, item) pairs keep the mean rating.
-    """
 
-    def _set_label_by_threshold(self):
-        field = self.config["RATING_FIELD"]
-        if self.config["threshold"] and field in self.inter_feat:
-            frame = self.inter_feat[[self.uid_field, self.iid_field, field]]
-            table = frame.groupby([self.uid_field, self.iid_field])[field].mean()
-            self._text_cache["ratings"] = {(int(u), int(i)): float(r) for (u, i), r in table.items()}
-        super()._set_label_by_threshold()
+def text_dataset(config):
+    """The text dataset matching the run's model type (for wrapper models
+    such as Llama4Rec, whose type is that of the model they wrap)."""
+    from recbole.utils import ModelType
 
-    def rating_of(self, user: int, item: int) -> float:
-        """The raw rating of a (user, item) interaction, NaN if unknown."""
-        ratings = self._text_cache.get("ratings")
-        if ratings is None:
-            raise ValueError(f"dataset '{self.config['dataset']}' kept no ratings: it needs a "
-                             f"'{self.config['RATING_FIELD']}' field and a threshold on it")
-        return ratings.get((int(user), int(item)), float("nan"))
+    if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+        return SequentialTextDataset(config)
+    return TextDataset(config)

@@ -169,8 +169,10 @@ class CachedClient(LLMClient):
         return [self.answers[k] for k in keys]
 
 
-def client_from_config(config, model=None, tokenizer=None, cache_dir: str = None) -> LLMClient:
-    """The configured client (``llm_api_base`` set: HTTP server; else the local backbone)."""
+def client_from_config(config, model=None, tokenizer=None, cache_dir: str = None,
+                       local_name: str = "local") -> LLMClient:
+    """The configured client (``llm_api_base`` set: HTTP server; else the local backbone).
+    ``local_name`` identifies the local weights (it keys cached answers)."""
     if config["llm_api_base"]:
         if not config["llm_api_model"]:
             raise ValueError("llm_api_base is set but llm_api_model is empty: name the served model")
@@ -181,7 +183,7 @@ def client_from_config(config, model=None, tokenizer=None, cache_dir: str = None
     else:
         if model is None or tokenizer is None:
             raise ValueError("no llm_api_base set and no local model given")
-        client = LocalClient(model, tokenizer, config["llm_generate_batch_size"])
+        client = LocalClient(model, tokenizer, config["llm_generate_batch_size"], local_name)
     if cache_dir:
         client = CachedClient(client, cache_dir, show_progress=config["show_progress"])
     return client

@@ -1,0 +1,98 @@
+"""Llama4Rec's prompts, instruction-tuning samples and LLM answers.
+
+Text prompts (not token-id templates) because the same prompt goes to the
+local backbone and, for augmentation, to an OpenAI-compatible server.
+Candidates carry labels ``[A]``, ``[B]``, ...; the local backbone gets them as
+new tokens, so that a choice is one token and a candidate list can be scored
+in one forward pass (the label distribution at the answer position).
+"""
+import re
+
+import numpy as np
+import torch
+
+from recbole_llm.llm.prompts import inference_batch, position_ids
+
+LABELS = [f"[{chr(ord('A') + i)}]" for i in range(26)]
+RATING_WORDS = ["1", "2", "3", "4", "5"]
+
+
+def parse_choice(text: str, n_candidates: int, names=None):
+    """Index of the candidate an LLM answer names, or None.
+
+    Accepts ``[C]``, a bare ``C`` (as a word) or, failing those, a candidate's
+    name quoted in the answer; only the first ``n_candidates`` labels count.
+    """
+    valid = {chr(ord("A") + i): i for i in range(n_candidates)}
+    for match in re.finditer(r"\[([A-Z])\]", text):
+        if match.group(1) in valid:
+            return valid[match.group(1)]
+    for match in re.finditer(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])", text):
+        if match.group(1) in valid:
+            return valid[match.group(1)]
+    if names:
+        lowered = text.lower()
+        hits = [i for i, name in enumerate(names[:n_candidates]) if name and name.lower() in lowered]
+        if len(hits) == 1:
+            return hits[0]
+    return None
+
+
+class PromptWriter:
+    """Renders Llama4Rec's prompts from item names, ratings and templates."""
+
+    def __init__(self, names: list, config):
+        self.names = [n[:config["item_name_max_chars"]] for n in names]
+        self.templates = {"next_item": config["llama4rec_next_item_template"],
+                          "listwise": config["llama4rec_listwise_template"],
+                          "rating": config["llama4rec_rating_template"]}
+        self.similar_text = config["llama4rec_similar_text"]
+        self.base_text = config["llama4rec_base_text"]
+
+    def items(self, items, ratings=None) -> str:
+        parts = []
+        for n, item in enumerate(items):
+            name = self.names[int(item)]
+            if ratings is not None and not np.isnan(ratings[n]):
+                name += f" ({ratings[n]:g} stars)"
+            parts.append(name)
+        return "; ".join(parts)
+
+    def _augmentation(self, similar, base_top) -> dict:
+        """Prompt augmentation slots; empty text when a part is switched off."""
+        return {"similar": self.similar_text.format(items=self.items(similar)) if len(similar) else "",
+                "base": self.base_text.format(items=self.items(base_top)) if len(base_top) else ""}
+
+    def ranking(self, task, history, ratings, candidates, similar=(), base_top=()) -> str:
+        listed = "; ".join(f"{LABELS[k]} {self.names[int(i)]}" for k, i in enumerate(candidates))
+        return self.templates[task].format(history=self.items(history, ratings),
+                                           candidates=listed, **self._augmentation(similar, base_top))
+
+    def rating(self, history, ratings, target, similar=(), base_top=()) -> str:
+        return self.templates["rating"].format(history=self.items(history, ratings),
+                                               target=self.names[int(target)],
+                                               **self._augmentation(similar, base_top))
+
+
+@torch.no_grad()
+def answer_distribution(llm, tokenizer, prompts: list, answer_ids: list, max_tokens: int,
+                        batch_size: int, valid_counts=None) -> torch.Tensor:
+    """Log-probabilities over ``answer_ids`` at each prompt's answer position,
+    renormalised over the first ``valid_counts[r]`` answers of row ``r``."""
+    device = next(llm.parameters()).device
+    ids = tokenizer(list(prompts))["input_ids"]
+    out = []
+    answer = torch.as_tensor(answer_ids, device=device)
+    for start in range(0, len(ids), batch_size):
+        input_ids, mask = inference_batch(ids[start:start + batch_size], tokenizer.pad_token_id,
+                                          max_tokens)
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        logits = llm(input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask),
+                     logits_to_keep=1).logits[:, -1].float()
+        logits = logits[:, answer]
+        if valid_counts is not None:
+            counts = torch.as_tensor(valid_counts[start:start + batch_size], device=device)
+            logits = logits.masked_fill(torch.arange(len(answer_ids), device=device)[None]
+                                        >= counts[:, None], float("-inf"))
+        out.append(torch.log_softmax(logits, -1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, len(answer_ids))

@@ -1,0 +1,251 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ML_TINY, REPO, build_model
+from recbole_llm.llm.client import CachedClient, LLMClient
+from recbole_llm.model.llama4rec import aggregate_order, long_tail_alpha
+from recbole_llm.model.llama4rec_prompts import LABELS, parse_choice
+
+TINY = dict(ML_TINY, prompt_item_field="title", llm_hidden_size=32, llm_num_layers=1,
+            llm_num_heads=2, llm_vocab_size=500, epochs=1, it_samples_per_task=48,
+            aug_users=12, rerank_topn=5, llm_batch_size=16)
+
+
+class ScriptedClient(LLMClient):
+    """Answers from a function of the prompt; counts what it is asked."""
+
+    def __init__(self, answer):
+        self.answer, self.calls = answer, 0
+
+    @property
+    def identity(self):
+        return "scripted"
+
+    def complete(self, prompts, max_new_tokens=64, temperature=0.0):
+        self.calls += len(prompts)
+        return [self.answer(p) for p in prompts]
+
+
+@pytest.fixture(scope="module")
+def general(tmp_path_factory):
+    return build_model(tmp_path_factory, "Llama4Rec", "ml-tiny", dict(TINY, base_model="BPR"))
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory):
+    return build_model(tmp_path_factory, "Llama4Rec", "ml-tiny",
+                       dict(TINY, base_model="SASRec", MAX_ITEM_LIST_LENGTH=8, n_layers=1,
+                            n_heads=1, hidden_size=16, inner_size=32))
+
+
+# --- adaptive aggregation --------------------------------------------------
+def test_long_tail_alpha_on_known_counts():
+    counts = np.array([1, 10, 100])
+    coef = np.log1p(counts)
+    tail = (coef.max() - coef) / (coef.max() - coef.min())
+    np.testing.assert_allclose(long_tail_alpha(counts, 0.5, 0.9), 0.5 * tail)
+    assert tail[0] == 1 and tail[2] == 0
+    # the cut-off bounds the weight of the furthest-tail users
+    np.testing.assert_allclose(long_tail_alpha(counts, 0.9, 0.3), np.minimum(0.9 * tail, 0.3))
+    lin = long_tail_alpha(counts, 1.0, 0.99, "linear")
+    np.testing.assert_allclose(lin, np.minimum([1.0, 90 / 99, 0.0], 0.99))
+    alpha = long_tail_alpha(np.array([3, 5, 8, 40, 200]), 0.7, 0.6)
+    assert np.all(np.diff(alpha) <= 0)  # fewer interactions, more weight on the LLM
+    with pytest.raises(ValueError, match="alpha2"):
+        long_tail_alpha(counts, 0.5, 1.0)
+
+
+def test_aggregation_interpolates_between_base_and_llm_orders():
+    llm = torch.tensor([[0.1, 0.0, 0.9]])  # the LLM prefers base position 2, then 0, then 1
+    assert aggregate_order(llm, torch.tensor([0.0])).tolist() == [[0, 1, 2]]
+    assert aggregate_order(llm, torch.tensor([0.99])).tolist() == [[2, 0, 1]]
+    # alpha 0.5: utilities -0.5 * rank_llm - 0.5 * rank_base = [-0.5, -1.5, -1.0]
+    assert aggregate_order(llm, torch.tensor([0.5])).tolist() == [[0, 2, 1]]
+    # C scales both utilities: the order does not change
+    assert aggregate_order(llm, torch.tensor([0.5]), c=3.0).tolist() == [[0, 2, 1]]
+
+
+def test_parse_choice_accepts_labels_letters_and_names():
+    assert parse_choice(" [B]", 2) == 1
+    assert parse_choice("I pick B.", 3) == 1
+    assert parse_choice("Answer: [Z] then [A]", 2) == 0   # first *valid* label
+    assert parse_choice("[C]", 2) is None                  # a label outside the list
+    assert parse_choice("surely Heat (1995)", 2, ["Toy Story", "Heat (1995)"]) == 1
+    assert parse_choice("no idea", 2, ["Toy Story", "Heat"]) is None
+    assert parse_choice("", 5) is None
+
+
+# --- the model ---------------------------------------------------------------
+def test_type_follows_the_base_model(general, sequential):
+    from recbole.utils import ModelType
+    assert general[2].type == ModelType.GENERAL and type(general[2].base).__name__ == "BPR"
+    assert sequential[2].type == ModelType.SEQUENTIAL and type(sequential[2].base).__name__ == "SASRec"
+    assert sequential[0]["n_layers"] == 1  # the base's hyper-parameters are ordinary options
+
+
+def test_instruction_samples_answer_with_valid_labels(general):
+    config, _, model, _ = general
+    samples = model.instruction_samples(np.random.default_rng(0))
+    label_set = set(model.label_ids[:model.topn])
+    eos = model.tokenizer.eos_token_id
+    kinds = {"next": 0, "list": 0, "rating": 0}
+    for prompt, answer in samples:
+        assert answer[-1] == eos and len(answer) >= 2
+        if "How will the user rate" in prompt:
+            kinds["rating"] += 1
+            assert answer[0] in model.rating_ids
+        else:
+            assert set(answer[:-1]) <= label_set and len(set(answer[:-1])) == len(answer) - 1
+            kinds["list" if "Rank the candidates" in prompt else "next"] += 1
+            if "Rank the candidates" not in prompt:
+                assert len(answer) == 2
+        assert "A similar user interacted with" in prompt and "A recommender suggests" in prompt
+    assert all(v == config["it_samples_per_task"] for v in kinds.values())
+
+
+def test_instruction_tuning_loss_falls(general, tmp_path):
+    _, _, model, _ = general
+    before = {n: p.detach().clone() for n, p in model.llm.named_parameters()}
+    model.config.final_config_dict["llm_epochs"] = 4
+    try:
+        info = model.instruction_tune(model.cache.key("test-it", path=str(tmp_path)))
+    finally:
+        model.config.final_config_dict["llm_epochs"] = 1
+    assert np.all(np.diff(info["loss"]) < 0) and info["loss"][-1] < 0.8 * info["loss"][0], info["loss"]
+    cached = model.instruction_tune(model.cache.key("test-it", path=str(tmp_path)))
+    assert cached["cached"] and cached["loss"] == pytest.approx(info["loss"])
+    model.llm.load_state_dict(before)
+
+
+def test_augmentation_adds_valid_pairs_and_nothing_for_bad_answers(general, tmp_path):
+    _, _, model, _ = general
+    stats = model.augment(ScriptedClient(lambda p: " [B] because"), np.random.default_rng(1))
+    rows = model.augmented
+    assert stats["valid"] == stats["prompts"] > 0 and stats["dropped"] == 0
+    users, pos = rows[model.USER_ID].tolist(), rows[model.ITEM_ID].tolist()
+    neg = rows[model.config["NEG_PREFIX"] + model.ITEM_ID].tolist()
+    assert len(users) == stats["prompts"] * (model.config["aug_candidates"] - 1)
+    for u, i, j in zip(users, pos, neg):
+        seen = set(model.histories[u].tolist())
+        assert i not in seen and j not in seen and i != j and i > 0 and j > 0
+    stats = model.augment(ScriptedClient(lambda p: "the weather is nice"), np.random.default_rng(1))
+    assert stats["valid"] == 0 and stats["dropped"] == stats["prompts"] and model.augmented is None
+
+
+def test_sequential_augmentation_inserts_the_chosen_item(sequential):
+    _, _, model, _ = sequential
+    model.config.final_config_dict["aug_candidates"] = 4
+    try:
+        model.augment(ScriptedClient(lambda p: "[C]"), np.random.default_rng(2))
+    finally:
+        model.config.final_config_dict["aug_candidates"] = 2
+    rows = model.augmented
+    seqs, lengths = rows[model.ITEM_SEQ], rows[model.ITEM_SEQ_LEN]
+    assert (lengths >= 1).all() and (lengths <= model.max_len).all()
+    assert (seqs[torch.arange(len(seqs)), lengths - 1] > 0).all()      # no empty prefix
+    loss = model.calculate_loss(rows)  # the base model's loss accepts these rows as a batch
+    assert torch.isfinite(loss)
+
+
+def test_cache_prevents_repeated_llm_calls(general, tmp_path):
+    _, _, model, _ = general
+    inner = ScriptedClient(lambda p: "[A]")
+    first = model.augment(CachedClient(inner, str(tmp_path), show_progress=False),
+                          np.random.default_rng(3))
+    calls = inner.calls
+    assert calls == first["prompts"]
+    again = ScriptedClient(lambda p: "[A]")
+    second = model.augment(CachedClient(again, str(tmp_path), show_progress=False),
+                           np.random.default_rng(3))
+    assert again.calls == 0 and second == first
+
+
+def test_augmented_rows_join_training_batches(general):
+    _, (train, _, _), model, _ = general
+    model.augment(ScriptedClient(lambda p: "[A]"), np.random.default_rng(4))
+    batch = next(iter(train))
+    model.train()
+    model.rng = np.random.default_rng(0)
+    seen = []
+    original = model.base.calculate_loss
+    model.base.calculate_loss = lambda inter: seen.append(len(inter)) or original(inter)
+    try:
+        for _ in range(20):
+            model.calculate_loss(batch)
+    finally:
+        model.base.calculate_loss = original
+        model.augmented = None
+    expected = len(batch) * (1 + 12 / model.train_rows)
+    assert min(seen) >= len(batch) and abs(np.mean(seen) - expected) < 2
+
+
+def test_rerank_only_reorders_the_base_top_n(general):
+    _, _, model, _ = general
+    model.eval()
+    users = [1, 2, 3, 4]
+    scores = model.base_scores(users)
+    history = {u: set(model.histories[u].tolist()) for u in users}
+    model.eval_history = np.array([None] + [history.get(u, set()) for u in range(1, model.n_users)],
+                                  dtype=object)
+    try:
+        out = model.llm_rerank(users, [model.histories[u] for u in users], scores)
+        for row, u in enumerate(users):
+            masked = scores[row].clone()
+            masked[0] = float("-inf")
+            masked[list(history[u])] = float("-inf")
+            top = set(masked.topk(model.topn).indices.tolist())
+            new_top = set(out[row].topk(model.topn).indices.tolist())
+            assert new_top == top and not (new_top & history[u])
+            rest = torch.ones(model.n_items, dtype=torch.bool)
+            rest[list(top)] = False
+            assert torch.equal(out[row][rest], scores[row][rest])
+        # alpha 0: the base order is kept exactly
+        saved = model.alpha.clone()
+        model.alpha.zero_()
+        out0 = model.llm_rerank(users, [model.histories[u] for u in users], scores)
+        for row in range(len(users)):
+            masked = scores[row].clone()
+            masked[0] = float("-inf")
+            masked[list(history[users[row]])] = float("-inf")
+            assert out0[row].topk(model.topn).indices.tolist() == masked.topk(model.topn).indices.tolist()
+        model.alpha.copy_(saved)
+    finally:
+        model.eval_history = None
+
+
+def test_labels_are_single_new_tokens(general):
+    _, _, model, _ = general
+    for label, token in zip(LABELS, model.label_ids):
+        assert model.tokenizer(label, add_special_tokens=False)["input_ids"] == [token]
+
+
+@pytest.mark.parametrize("base,extra", [
+    ("BPR", []),
+    ("LightGCN", ["--n_layers=1"]),
+    ("SASRec", ["--MAX_ITEM_LIST_LENGTH=5", "--n_layers=1", "--n_heads=1", "--hidden_size=16",
+                "--inner_size=32"]),
+])
+def test_end_to_end_per_base_model(tmp_path, base, extra):
+    args = ["--model=Llama4Rec", "--dataset=ml-100k", f"--base_model={base}",
+            "--user_inter_num_interval=[20,24]", "--epochs=1", "--it_samples_per_task=32",
+            "--aug_users=16", "--llm_hidden_size=32", "--llm_num_layers=1", "--llm_num_heads=2",
+            "--llm_vocab_size=400", "--state=INFO", f"--llm_cache_dir={tmp_path / 'cache'}", *extra]
+    out = subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_llm.py"), *args],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    for phrase in ("instruction tuning: loss", "data augmentation: 16 prompts",
+                   "valid with LLM re-ranking", "test result", "ndcg@5"):
+        assert phrase in log, phrase
+
+
+def test_bad_base_model_is_a_clear_error(tmp_path):
+    out = subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_llm.py"),
+                          "--model=Llama4Rec", "--dataset=ml-100k", "--base_model=DeepFM"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "base_model 'DeepFM'" in out.stderr
