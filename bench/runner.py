@@ -19,6 +19,7 @@ from recbole_llm.quick_start import build
 from recbole_llm.utils import set_cpu_threads
 from recbole.utils import init_logger, init_seed
 settings = json.loads(sys.stdin.read())
+head_share = settings.pop("_head_share", None)  # report head / tail users separately
 model, dataset = settings.pop("model"), settings.pop("dataset")
 config = Config(model=model, dataset=dataset, config_dict=settings)
 set_cpu_threads(config["cpu_threads"])
@@ -31,10 +32,21 @@ start = time.time()
 trainer.fit(train, valid, saved=True, show_progress=False)
 fit = time.time() - start
 trainer.load_model_weights(trainer.saved_model_file)
+captured = {}
+evaluate_struct = trainer.evaluator.evaluate
+def capture(struct):
+    captured["s"] = struct
+    return evaluate_struct(struct)
+trainer.evaluator.evaluate = capture
 start = time.time()
 test_result = trainer.evaluate(test, load_best_model=False)
 evaluate = time.time() - start
-print("RESULT " + json.dumps({"test": {k: float(v) for k, v in test_result.items()},
+groups = None
+if head_share:
+    sys.path.insert(0, "bench")
+    from groups import group_metrics
+    groups = group_metrics(captured["s"], test, train.dataset, config, head_share)
+print("RESULT " + json.dumps({"test": {k: float(v) for k, v in test_result.items()}, "groups": groups,
                               "checkpoint": trainer.saved_model_file,
                               "prepare_s": prep, "fit_s": fit, "eval_s": evaluate,
                               "test_rows": int(test.dataset.inter_num)}))

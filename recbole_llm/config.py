@@ -107,13 +107,17 @@ class Config(_RecBoleConfig):
         model_name = model if isinstance(model, str) else model.__name__
         model_ref = registry.get_model_class(model_name) if isinstance(model, str) else model
         plugin_files = plugin_property_files(model_name, dataset)
-        base_files = []
+        base_files = list(model_ref.property_files()) if hasattr(model_ref, "property_files") else []
         if hasattr(model_ref, "specialise"):
             # a wrapper model (Llama4Rec) takes the type, input type and RecBole
             # hyper-parameters of the conventional model it wraps (``base_model``)
             base = _peek_setting("base_model", user_files, config_dict, plugin_files)
             model_ref, base_files = model_ref.specialise(base)
-            plugin_files = plugin_files[:1] + base_files + plugin_files[1:]
+        # above the model's yaml (a rating base brings its protocol), below the dataset's
+        model_files = [f for f in plugin_files if os.path.dirname(f).endswith("model")]
+        plugin_files = ([f for f in plugin_files if f not in model_files and "dataset" not in f]
+                        + model_files + base_files
+                        + [f for f in plugin_files if os.path.dirname(f).endswith("dataset")])
         super().__init__(model=model_ref, dataset=dataset,
                          config_file_list=plugin_files + user_files, config_dict=config_dict)
         self._check_options(model_name, dataset, user_files, base_files)

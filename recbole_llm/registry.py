@@ -116,3 +116,5 @@ register("ELCoRec", "recbole_llm.model.elcorec:ELCoRec",
 register("Llama4Rec", "recbole_llm.model.llama4rec:Llama4Rec",
          dataset="recbole_llm.data.text:text_dataset",
          trainer="recbole_llm.model.llama4rec_trainer:Llama4RecTrainer")
+for _name in ("DeepFMRating", "FMRating", "WideDeepRating"):
+    register(_name, f"recbole_llm.model.rating:{_name}")

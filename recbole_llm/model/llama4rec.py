@@ -84,6 +84,37 @@ def aggregate_order(llm_scores: torch.Tensor, alpha: torch.Tensor, c: float = 1.
     return torch.argsort(-utility, dim=1, stable=True)
 
 
+class LabelChooser:
+    """The local backbone answering with the most probable *offered* label.
+
+    A small model tuned on a few thousand instructions may still put mass on
+    labels not offered (or on a rating digit); restricting its one-token answer
+    to the offered labels is constrained decoding.  Answers are cached in
+    chunks under ``key`` (resumable)."""
+
+    def __init__(self, model, cache, key: str, show_progress: bool = False):
+        self.model, self.cache, self.key, self.show_progress = model, cache, key, show_progress
+
+    def choose(self, prompts: list, counts: list) -> list:
+        import hashlib
+
+        model, config = self.model, self.model.config
+        digest = hashlib.sha256("\x00".join(prompts).encode()).hexdigest()[:16]
+
+        def run(batch):
+            texts = [p for p, _ in batch]
+            logp = answer_distribution(model.llm, model.tokenizer, texts,
+                                       model.label_ids[:max(n for _, n in batch)],
+                                       config["llm_max_prompt_tokens"], len(batch),
+                                       valid_counts=[n for _, n in batch])
+            return [LABELS[int(k)] for k in logp.argmax(1)]
+
+        return self.cache.map_batches(f"llama4rec-choices-{self.key}-{digest}",
+                                      list(zip(prompts, counts)), run,
+                                      config["llm_eval_batch_size"], desc="LLM choices",
+                                      show_progress=self.show_progress)
+
+
 # ------------------------------------------------------------ base model access
 def _state_arrays(module) -> dict:
     return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
@@ -107,16 +138,20 @@ class Llama4Rec(AbstractRecommender):
             raise ValueError("Llama4Rec needs base_model: a RecBole general or sequential model, "
                              "e.g. --base_model=LightGCN")
         base = registry.get_model_class(base_name)
-        if registry.is_plugin_model(base_name) or base.type not in (ModelType.GENERAL,
-                                                                   ModelType.SEQUENTIAL):
+        regression = getattr(base, "regression", False)
+        if not regression and (registry.is_plugin_model(base_name) or
+                               base.type not in (ModelType.GENERAL, ModelType.SEQUENTIAL)):
             raise ValueError(f"base_model '{base_name}' must be one of RecBole's general or "
-                             f"sequential models (BPR, LightGCN, SASRec, ...)")
+                             f"sequential models (BPR, LightGCN, SASRec, ...), or a rating "
+                             f"regressor (DeepFMRating, FMRating, WideDeepRating)")
         key = (base.type, getattr(base, "input_type", None))
         if key not in cls._specialised:
             attrs = {"type": base.type, "__module__": cls.__module__, "__doc__": cls.__doc__}
             if key[1] is not None:
                 attrs["input_type"] = key[1]
             cls._specialised[key] = type(cls.__name__, (cls,), attrs)
+        if regression:
+            return cls._specialised[key], list(base.property_files())
         path = os.path.join(os.path.dirname(recbole.__file__), "properties", "model",
                             f"{base_name}.yaml")
         return cls._specialised[key], [path] if os.path.isfile(path) else []
@@ -127,6 +162,7 @@ class Llama4Rec(AbstractRecommender):
         self.USER_ID, self.ITEM_ID = config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]
         self.n_users, self.n_items = dataset.user_num, dataset.item_num
         self.sequential = self.type == ModelType.SEQUENTIAL
+        self.rating_task = self.type == ModelType.CONTEXT  # base_model is a rating regressor
         if self.sequential:
             self.ITEM_SEQ = self.ITEM_ID + config["LIST_SUFFIX"]
             self.ITEM_SEQ_LEN = config["ITEM_LIST_LENGTH_FIELD"]
@@ -137,7 +173,7 @@ class Llama4Rec(AbstractRecommender):
         self.cache = Cache.from_config(config)
         self.rng = np.random.default_rng(config["seed"])
         self.topn = config["rerank_topn"]
-        if not 2 <= self.topn <= len(LABELS):
+        if not self.rating_task and not 2 <= self.topn <= len(LABELS):
             raise ValueError(f"rerank_topn must lie in [2, {len(LABELS)}], got {self.topn}")
 
         self._histories(dataset)
@@ -236,6 +272,15 @@ class Llama4Rec(AbstractRecommender):
                                               for u in users]).to(self.config["device"])
                 out.append(self.base.forward(batch[self.ITEM_SEQ], batch[self.ITEM_SEQ_LEN]).cpu())
             return torch.cat(out).numpy()
+        if self.rating_task:  # the user-id rows of a context model's token embedding table
+            names = self.base.token_field_names
+            if self.USER_ID not in names:
+                raise ValueError("prompt augmentation needs the user id among the base model's "
+                                 "features; set prompt_augmentation: False")
+            at = names.index(self.USER_ID)
+            offset = int(self.base.token_embedding_table.offsets[at])
+            table = self.base.token_embedding_table.embedding.weight
+            return table[offset:offset + self.n_users].detach().cpu().numpy()
         if hasattr(self.base, "norm_adj_matrix"):  # LightGCN, NGCF, ...: propagated embeddings
             return self.base.forward()[0].detach().cpu().numpy()
         if hasattr(self.base, "user_embedding"):
@@ -302,6 +347,8 @@ class Llama4Rec(AbstractRecommender):
         with, best rated first), ``rating`` (the target's rating; datasets with
         ratings only).
         """
+        if self.rating_task:
+            return self.rating_samples(rng)
         tasks = list(self.config["it_tasks"])
         if self.ratings is None and "rating" in tasks:
             tasks.remove("rating")
@@ -352,6 +399,60 @@ class Llama4Rec(AbstractRecommender):
                         answer = liked[:self.config["listwise_max_answer"]]
                     samples.append((prompt, [self.label_ids[position[i]] for i in answer] + eos))
         return samples
+
+    # --- rating prediction (base_model: a rating regressor) -----------------------
+    def _rating_prompts(self, interaction, base_pred) -> list:
+        """Prompts for (user, item) rows: the user's other training ratings in
+        time order, the most similar user's items, the base model's rating."""
+        users = interaction[self.USER_ID].tolist()
+        items = interaction[self.ITEM_ID].tolist()
+        prompts = []
+        k = self.config["prompt_history_items"]
+        for u, i, pred in zip(users, items, base_pred.tolist()):
+            history = self.histories[u]
+            at = np.flatnonzero(history == i)
+            history = history[:at[0]] if len(at) else history  # before the target, if trained on
+            history = history[-k:]
+            similar = ()
+            if self.context() is not None:
+                similar = self.histories[self.context()[u]][-self.config["prompt_similar_items"]:]
+                base = self.config["llama4rec_base_rating_text"].format(rating=f"{pred:.1f}")
+            else:
+                base = ""
+            prompts.append(self.writer.rating(history, self._rated(u, history), i, similar, (),
+                                              base_text=base))
+        return prompts
+
+    def rating_samples(self, rng) -> list:
+        """Rating instructions from training rows of users with enough history."""
+        inter = self.dataset.inter_feat
+        users = np.asarray(inter[self.USER_ID])
+        eligible = np.flatnonzero(self.counts[users] >= self.config["it_min_history"])
+        rows = rng.choice(eligible, size=min(self.config["it_samples_per_task"], len(eligible)),
+                          replace=False)
+        eos = [self.tokenizer.eos_token_id]
+        samples = []
+        for start in range(0, len(rows), 1024):
+            batch = self.dataset.join(inter[torch.as_tensor(rows[start:start + 1024])])
+            pred = self.base_rating(batch)
+            for prompt, u, i in zip(self._rating_prompts(batch, pred), batch[self.USER_ID].tolist(),
+                                    batch[self.ITEM_ID].tolist()):
+                value = int(np.clip(np.rint(self.ratings.rating_of(u, i)), 1, 5))
+                samples.append((prompt, [self.rating_ids[value - 1]] + eos))
+        return samples
+
+    @torch.no_grad()
+    def base_rating(self, interaction) -> torch.Tensor:
+        self.base.eval()
+        return self.base.predict(interaction.to(self.config["device"])).float().cpu()
+
+    @torch.no_grad()
+    def llm_rating(self, interaction, base_pred) -> torch.Tensor:
+        """Expected rating under the LLM's distribution over the rating tokens."""
+        logp = answer_distribution(self.llm, self.tokenizer, self._rating_prompts(interaction, base_pred),
+                                   self.rating_ids, self.config["llm_max_prompt_tokens"],
+                                   self.config["llm_eval_batch_size"])
+        return (logp.exp() * torch.arange(1, len(self.rating_ids) + 1, dtype=torch.float32)).sum(1)
 
     def instruction_tune(self, key: str, show_progress: bool = False) -> dict:
         """Tune the LLM on :meth:`instruction_samples` (cached under ``key``)."""
@@ -423,12 +524,19 @@ class Llama4Rec(AbstractRecommender):
         return jobs
 
     def augment(self, client, rng) -> dict:
-        """Ask ``client`` (cached) for each sampled user's choice and build D' \\ D.
+        """Ask ``client`` for each sampled user's choice and build D' \\ D.
 
-        An answer that names no valid candidate is dropped and counted.
+        ``client`` is an :class:`~recbole_llm.llm.client.LLMClient` (free text,
+        parsed; an answer that names no valid candidate is dropped and counted)
+        or a :class:`LabelChooser` (the local backbone restricted to the
+        offered labels).  Both cache their answers.
         """
         jobs = self.augmentation_prompts(rng)
-        answers = client.complete([p for _, _, p in jobs], max_new_tokens=self.config["aug_max_new_tokens"])
+        if isinstance(client, LabelChooser):
+            answers = client.choose([p for _, _, p in jobs], [len(c) for _, c, _ in jobs])
+        else:
+            answers = client.complete([p for _, _, p in jobs],
+                                      max_new_tokens=self.config["aug_max_new_tokens"])
         rows, dropped = [], 0
         for (user, cands, _), text in zip(jobs, answers):
             choice = parse_choice(text, len(cands), [self.writer.names[i] for i in cands])
@@ -440,6 +548,17 @@ class Llama4Rec(AbstractRecommender):
         self.aug_stats = {"prompts": len(jobs), "valid": len(rows), "dropped": dropped,
                           "rows": 0 if self.augmented is None else len(self.augmented)}
         return self.aug_stats
+
+    def augmented_fingerprint(self) -> str:
+        """Hash of the augmented rows (keys the conventional model trained on D')."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        if self.augmented is not None:
+            for field in sorted(self.augmented.columns):
+                digest.update(field.encode())
+                digest.update(self.augmented[field].numpy().tobytes())
+        return digest.hexdigest()[:20]
 
     def _augmented_rows(self, choices, rng):
         """Training rows in the base model's batch format: ``(u, i+, i-)`` per
@@ -483,7 +602,14 @@ class Llama4Rec(AbstractRecommender):
         return self.base.calculate_loss(interaction)
 
     def predict(self, interaction):
-        return self.base.predict(interaction)
+        if not self.rating_task:
+            return self.base.predict(interaction)
+        base_pred = self.base_rating(interaction)
+        if not self.rerank:
+            return base_pred.to(interaction[self.USER_ID].device)
+        alpha = self.alpha[interaction[self.USER_ID].cpu()]
+        out = alpha * self.llm_rating(interaction, base_pred) + (1 - alpha) * base_pred
+        return out.to(interaction[self.USER_ID].device)
 
     @torch.no_grad()
     def llm_rerank(self, users, histories, scores) -> torch.Tensor:

@@ -68,10 +68,14 @@ class PromptWriter:
         return self.templates[task].format(history=self.items(history, ratings),
                                            candidates=listed, **self._augmentation(similar, base_top))
 
-    def rating(self, history, ratings, target, similar=(), base_top=()) -> str:
+    def rating(self, history, ratings, target, similar=(), base_top=(), base_text=None) -> str:
+        """``base_text`` replaces the base-model slot (rating prediction names
+        the base model's rating rather than its top items)."""
+        slots = self._augmentation(similar, base_top)
+        if base_text is not None:
+            slots["base"] = base_text
         return self.templates["rating"].format(history=self.items(history, ratings),
-                                               target=self.names[int(target)],
-                                               **self._augmentation(similar, base_top))
+                                               target=self.names[int(target)], **slots)
 
 
 @torch.no_grad()

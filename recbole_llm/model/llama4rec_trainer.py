@@ -19,7 +19,7 @@ from recbole.utils import set_color
 
 from recbole_llm.llm.client import client_from_config
 from recbole_llm.model.conventional import _recbole_defaults, data_fingerprint
-from recbole_llm.model.llama4rec import _load_state_arrays, _state_arrays
+from recbole_llm.model.llama4rec import LabelChooser, _load_state_arrays, _state_arrays
 from recbole_llm.trainer import WeightsOnlyCheckpointMixin, load_checkpoint, with_weights_only_checkpoints
 
 # settings of RecBole's trainer that shape the conventional model
@@ -32,6 +32,7 @@ _IT_KEYS = ("it_tasks", "it_samples_per_task", "it_min_history", "listwise_max_a
             "prompt_similar_items", "prompt_base_items", "item_name_max_chars",
             "llama4rec_next_item_template", "llama4rec_listwise_template",
             "llama4rec_rating_template", "llama4rec_similar_text", "llama4rec_base_text",
+            "llama4rec_base_rating_text",
             "llm_path", "llm_tuning", "llm_vocab_size", "llm_hidden_size", "llm_num_layers",
             "llm_num_heads", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
             "prompt_item_field")
@@ -92,26 +93,43 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
         for p in model.llm.parameters():
             p.requires_grad_(False)
 
-        if config["data_augmentation"]:
-            client = client_from_config(config, model.llm, model.tokenizer,
-                                        cache_dir=os.path.join(model.cache.root, "llama4rec-answers"),
-                                        local_name=llm_key)
+        result = (float("-inf"), None)
+        if config["data_augmentation"] and model.rating_task:
+            self.logger.warning("data augmentation for rating prediction (the paper's attribute "
+                                "filling) is not implemented: the rating model trains on D")
+        elif config["data_augmentation"]:
+            if config["llm_api_base"] or config["aug_decoding"] == "free":
+                client = client_from_config(config, model.llm, model.tokenizer,
+                                            cache_dir=os.path.join(model.cache.root, "llama4rec-answers"),
+                                            local_name=llm_key)
+            elif config["aug_decoding"] == "constrained":
+                client = LabelChooser(model, model.cache, llm_key, show_progress)
+            else:
+                raise ValueError(f"aug_decoding must be 'constrained' or 'free', "
+                                 f"not '{config['aug_decoding']}'")
             stats = model.augment(client, np.random.default_rng(config["seed"]))
             self.logger.info(f"data augmentation: {stats['prompts']} prompts, {stats['valid']} valid "
                              f"answers, {stats['dropped']} dropped (no valid candidate named), "
                              f"{stats['rows']} training rows added to {model.train_rows}")
-            if not config["aug_warm_start"]:
-                model.reset_base()
-            self.optimizer = self._build_optimizer(params=model.base.parameters())
-            result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
-        else:  # D' = D: the conventional model above is final
-            result = (float("-inf"), None)
-            if saved:
-                self._save_checkpoint(0, verbose=verbose)
+            key = model.cache.key("llama4rec-base-aug", base=base_key, llm=llm_key,
+                                  rows=model.augmented_fingerprint(),
+                                  settings=self._settings(("aug_warm_start",) + _BASE_TRAINING_KEYS))
+            if model.cache.has_arrays(key):  # e.g. an ablation that changes only the aggregation
+                _load_state_arrays(model.base, model.cache.load_arrays(key))
+                self.logger.info(f"conventional model on D': cached ({key})")
+            else:
+                if not config["aug_warm_start"]:
+                    model.reset_base()
+                self.optimizer = self._build_optimizer(params=model.base.parameters())
+                result = super().fit(train_data, valid_data, verbose, saved, show_progress,
+                                     callback_fn)
+                if saved and valid_data is not None:
+                    self.load_model_weights(self.saved_model_file)
+                model.cache.save_arrays(key, **_state_arrays(model.base))
+        if result[1] is None and saved:  # the conventional model above is final
+            self._save_checkpoint(0, verbose=verbose)
         model.rerank = True
         if valid_data is not None:
-            if saved and config["data_augmentation"]:
-                self.load_model_weights(self.saved_model_file)
             valid = self.evaluate(valid_data, load_best_model=False, show_progress=show_progress)
             self.logger.info(set_color("valid with LLM re-ranking", "blue") + f": {valid}")
             result = (valid[config["valid_metric"].lower()], valid)
