@@ -249,3 +249,90 @@ def test_bad_base_model_is_a_clear_error(tmp_path):
                           "--model=Llama4Rec", "--dataset=ml-100k", "--base_model=DeepFM"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "base_model 'DeepFM'" in out.stderr
+
+
+def test_local_label_choice_names_only_offered_candidates(general, tmp_path):
+    from recbole_llm.llm.cache import Cache
+    from recbole_llm.model.llama4rec import LabelChooser
+
+    _, _, model, _ = general
+    model.config.final_config_dict["aug_candidates"] = 3
+    try:
+        chooser = LabelChooser(model, Cache(str(tmp_path)), "t")
+        stats = model.augment(chooser, np.random.default_rng(5))
+        again = model.augment(LabelChooser(model, Cache(str(tmp_path)), "t"), np.random.default_rng(5))
+    finally:
+        model.config.final_config_dict["aug_candidates"] = 2
+    assert stats["valid"] == stats["prompts"] > 0 and stats["dropped"] == 0
+    assert again == stats
+    answers = chooser.choose(["x " * 5, "y " * 5], [2, 3])
+    assert answers[0] in LABELS[:2] and answers[1] in LABELS[:3]
+
+
+RATING_DATA = dict(ML_TINY, load_col={"inter": ["user_id", "item_id", "rating", "timestamp"],
+                                      "user": ["user_id", "age", "gender"],
+                                      "item": ["item_id", "release_year"]})
+RATING = dict(TINY, **RATING_DATA, base_model="DeepFMRating", it_samples_per_task=64)
+
+
+@pytest.fixture(scope="module")
+def rating(tmp_path_factory):
+    return build_model(tmp_path_factory, "Llama4Rec", "ml-tiny", RATING)
+
+
+def test_rating_regressor_predicts_stars_and_learns(tmp_path_factory):
+    from recbole.trainer import Trainer
+    config, (train, valid, _), model, _ = build_model(tmp_path_factory, "DeepFMRating", "ml-tiny",
+                                                      dict(RATING_DATA, epochs=8))
+    assert config["metrics"] == ["RMSE", "MAE"] and config["threshold"] is None
+    labels = train.dataset.inter_feat["rating"]
+    assert labels.max() == 5 and labels.min() == 1           # raw stars, not normalised
+    batch = next(iter(train))
+    first = model.calculate_loss(batch).item()
+    Trainer(config, model).fit(train, None, saved=False)
+    assert model.calculate_loss(batch).item() < first
+    pred = model.predict(batch)
+    assert 1.5 < pred.mean().item() < 5.0
+
+
+def test_rating_regressor_refuses_a_threshold(tmp_path_factory):
+    with pytest.raises(ValueError, match="threshold"):
+        build_model(tmp_path_factory, "DeepFMRating", "ml-tiny",
+                    dict(RATING_DATA, threshold={"rating": 4}))
+
+
+def test_rating_aggregation_is_alpha_weighted(rating):
+    _, (train, _, test), model, _ = rating
+    batch = next(iter(test))[0]  # labelled evaluation batches: (interaction, ...)
+    model.eval()
+    model.rerank = False
+    base = model.predict(batch)
+    model.rerank = True
+    llm = model.llm_rating(batch, model.base_rating(batch))
+    out = model.predict(batch)
+    alpha = model.alpha[batch[model.USER_ID]]
+    assert torch.allclose(out, alpha * llm + (1 - alpha) * base, atol=1e-5)
+    assert ((llm >= 1) & (llm <= 5)).all()
+    samples = model.instruction_samples(np.random.default_rng(0))
+    assert samples and all(a[0] in model.rating_ids for _, a in samples)
+    assert all("A recommender predicts" in p for p, _ in samples)
+
+
+def test_end_to_end_rating_prediction(tmp_path):
+    args = ["--model=Llama4Rec", "--dataset=ml-100k", "--base_model=DeepFMRating",
+            "--user_inter_num_interval=[20,24]", "--epochs=1", "--it_samples_per_task=32",
+            "--llm_hidden_size=32", "--llm_num_layers=1", "--llm_num_heads=2",
+            "--llm_vocab_size=400", "--state=INFO", f"--llm_cache_dir={tmp_path / 'cache'}"]
+    out = subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_llm.py"), *args],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert "test result" in log and "rmse" in log and "mae" in log
+
+
+def test_similar_users_leave_the_base_model_untouched(general):
+    _, _, model, _ = general
+    before = {k: v.clone() for k, v in model.base.state_dict().items()}
+    similar = model.most_similar_users()
+    assert all(torch.equal(before[k], v) for k, v in model.base.state_dict().items())
+    assert (similar != np.arange(model.n_users))[1:].all()  # never the user itself

@@ -292,7 +292,8 @@ class Llama4Rec(AbstractRecommender):
         """Per user, the other user with the most similar (cosine) base representation."""
         import faiss
 
-        reps = np.ascontiguousarray(self.user_representations(), dtype=np.float32)
+        # a copy: the representations may share memory with the base model's weights
+        reps = np.array(self.user_representations(), dtype=np.float32, copy=True)
         reps /= np.maximum(np.linalg.norm(reps, axis=1, keepdims=True), 1e-12)
         has_history = np.array([len(h) > 0 for h in self.histories])
         index = faiss.IndexFlatIP(reps.shape[1])
