@@ -56,17 +56,24 @@ ROWS["deepfm_rating_no_prompt_aug"] = ("deepfm_rating", {"prompt_augmentation": 
 ROWS["deepfm_rating_fixed_alpha"] = ("deepfm_rating", {"adaptive_alpha": False})
 
 
-def row(name, force=False):
-    spec = ROWS[name]
-    common = RATING_COMMON if name.startswith("deepfm_rating") else COMMON
-    if isinstance(spec, dict):
-        return run_row(name, dict(common, **spec), OUT, force)
-    base, extra = spec
-    base_settings = dict(ROWS[base])
-    base_model = base_settings.pop("model")
-    settings = dict(common, **base_settings, model="Llama4Rec", base_model=base_model, **extra)
-    settings["base_checkpoint"] = row(base)["checkpoint"]
-    return run_row(name, settings, OUT, force)
+def make_row(rows: dict, common_for, out: str):
+    """Row runner: a dict spec is a plain RecBole run; ``(base, extra)`` is
+    Llama4Rec on the base row's model, starting from that row's checkpoint."""
+    def row(name, force=False):
+        spec = rows[name]
+        if isinstance(spec, dict):
+            return run_row(name, dict(common_for(name), **spec), out, force)
+        base, extra = spec
+        base_settings = dict(rows[base])
+        base_model = base_settings.pop("model")
+        settings = dict(common_for(name), **base_settings, model="Llama4Rec",
+                        base_model=base_model, **extra)
+        settings["base_checkpoint"] = row(base)["checkpoint"]
+        return run_row(name, settings, out, force)
+    return row
+
+
+row = make_row(ROWS, lambda name: RATING_COMMON if name.startswith("deepfm_rating") else COMMON, OUT)
 
 
 def table(results):
