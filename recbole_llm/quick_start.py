@@ -33,6 +33,10 @@ def check_paths(config) -> None:
     if config["llm_path"]:
         from recbole_llm.llm.backbone import check_llm_path
         check_llm_path(config["llm_path"])
+    for key in ("resume_checkpoint", "behavior_checkpoint", "base_checkpoint"):
+        value = config[key] if key in config.final_config_dict else None
+        if value and not os.path.isfile(value):
+            raise FileNotFoundError(f"{key} '{value}' is not a file")
     path = config["text_encoder_path"]
     if path and not os.path.isdir(path):
         raise FileNotFoundError(f"text_encoder_path '{path}' is not a folder; it must name a local "

@@ -336,3 +336,17 @@ def test_similar_users_leave_the_base_model_untouched(general):
     similar = model.most_similar_users()
     assert all(torch.equal(before[k], v) for k, v in model.base.state_dict().items())
     assert (similar != np.arange(model.n_users))[1:].all()  # never the user itself
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--base_checkpoint=/no/such/file.pth", "base_checkpoint '/no/such/file.pth' is not a file"),
+    ("--aug_decoding=sampled", "aug_decoding must be 'constrained' or 'free'"),
+])
+def test_bad_llama4rec_options_fail_before_training(tmp_path, flag, message):
+    out = subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_llm.py"),
+                          "--model=Llama4Rec", "--dataset=ml-100k", "--user_inter_num_interval=[20,24]",
+                          "--llm_hidden_size=32", "--llm_num_layers=1", "--llm_vocab_size=400",
+                          f"--llm_cache_dir={tmp_path / 'cache'}", flag],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert message in out.stderr + out.stdout
+    assert "Training the conventional model" not in out.stdout + out.stderr

@@ -173,6 +173,9 @@ class Llama4Rec(AbstractRecommender):
         self.cache = Cache.from_config(config)
         self.rng = np.random.default_rng(config["seed"])
         self.topn = config["rerank_topn"]
+        if config["aug_decoding"] not in ("constrained", "free"):
+            raise ValueError(f"aug_decoding must be 'constrained' or 'free', "
+                             f"not '{config['aug_decoding']}'")
         if not self.rating_task and not 2 <= self.topn <= len(LABELS):
             raise ValueError(f"rerank_topn must lie in [2, {len(LABELS)}], got {self.topn}")
 

@@ -102,11 +102,8 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
                 client = client_from_config(config, model.llm, model.tokenizer,
                                             cache_dir=os.path.join(model.cache.root, "llama4rec-answers"),
                                             local_name=llm_key)
-            elif config["aug_decoding"] == "constrained":
+            else:  # constrained (checked when the model was built)
                 client = LabelChooser(model, model.cache, llm_key, show_progress)
-            else:
-                raise ValueError(f"aug_decoding must be 'constrained' or 'free', "
-                                 f"not '{config['aug_decoding']}'")
             stats = model.augment(client, np.random.default_rng(config["seed"]))
             self.logger.info(f"data augmentation: {stats['prompts']} prompts, {stats['valid']} valid "
                              f"answers, {stats['dropped']} dropped (no valid candidate named), "
