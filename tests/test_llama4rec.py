@@ -350,3 +350,22 @@ def test_bad_llama4rec_options_fail_before_training(tmp_path, flag, message):
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert message in out.stderr + out.stdout
     assert "Training the conventional model" not in out.stdout + out.stderr
+
+
+def test_graph_base_caches_travel_with_checkpoints(tmp_path_factory):
+    from recbole_llm.model.llama4rec import _load_state_arrays, _state_arrays
+
+    _, (train, _, _), model, _ = build_model(tmp_path_factory, "Llama4Rec", "ml-tiny",
+                                             dict(TINY, base_model="LightGCN", n_layers=1))
+    model.eval()
+    model.rerank = False
+    users = torch.arange(1, 5)
+    from recbole.data.interaction import Interaction
+    first = model.full_sort_predict(Interaction({model.USER_ID: users}))
+    assert set(model.other_parameter()) == {"restore_user_e", "restore_item_e"}
+    state = _state_arrays(model.base)
+    with torch.no_grad():
+        model.base.user_embedding.weight.add_(1.0)  # new weights; the cached propagation is stale
+    _load_state_arrays(model.base, state)
+    assert model.base.restore_user_e is None   # recomputed from the loaded weights
+    assert torch.allclose(model.full_sort_predict(Interaction({model.USER_ID: users})), first)

@@ -117,11 +117,19 @@ class LabelChooser:
 
 # ------------------------------------------------------------ base model access
 def _state_arrays(module) -> dict:
-    return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+    return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
 
 
 def _load_state_arrays(module, arrays: dict) -> None:
     module.load_state_dict({k: torch.as_tensor(v) for k, v in arrays.items()})
+    forget_cached_outputs(module)
+
+
+def forget_cached_outputs(module) -> None:
+    """Drop what a RecBole model caches between evaluations (LightGCN's
+    ``restore_user_e``, ...): stale after its weights are replaced."""
+    for name in getattr(module, "other_parameter_name", None) or []:
+        setattr(module, name, None)
 
 
 class Llama4Rec(AbstractRecommender):
@@ -604,6 +612,13 @@ class Llama4Rec(AbstractRecommender):
                 interaction = Interaction({f: torch.cat([interaction[f], extra[f]])
                                            for f in extra.columns})
         return self.base.calculate_loss(interaction)
+
+    # RecBole checkpoints carry a model's cached outputs (other_parameter): the base's
+    def other_parameter(self):
+        return self.base.other_parameter()
+
+    def load_other_parameter(self, para):
+        self.base.load_other_parameter(para)
 
     def predict(self, interaction):
         if not self.rating_task:

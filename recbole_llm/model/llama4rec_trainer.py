@@ -19,7 +19,8 @@ from recbole.utils import set_color
 
 from recbole_llm.llm.client import client_from_config
 from recbole_llm.model.conventional import _recbole_defaults, data_fingerprint
-from recbole_llm.model.llama4rec import LabelChooser, _load_state_arrays, _state_arrays
+from recbole_llm.model.llama4rec import (LabelChooser, _load_state_arrays, _state_arrays,
+                                         forget_cached_outputs)
 from recbole_llm.trainer import WeightsOnlyCheckpointMixin, load_checkpoint, with_weights_only_checkpoints
 
 # settings of RecBole's trainer that shape the conventional model
@@ -52,6 +53,7 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
                 state = {k[5:]: v for k, v in state.items() if k.startswith("base.")}
             try:
                 model.base.load_state_dict(state)
+                forget_cached_outputs(model.base)
             except RuntimeError as err:
                 raise ValueError(f"base_checkpoint {path} does not fit base_model "
                                  f"{config['base_model']} on this dataset: {err}") from None
