@@ -38,7 +38,6 @@ from recbole_llm import registry
 from recbole_llm.llm.backbone import add_tokens, apply_tuning, load_backbone
 from recbole_llm.llm.cache import Cache
 from recbole_llm.llm.prompts import tail_lm_loss, training_batch
-from recbole_llm.model.conventional import data_fingerprint
 from recbole_llm.model.llama4rec_prompts import (LABELS, RATING_WORDS, PromptWriter,
                                                  answer_distribution, parse_choice)
 
