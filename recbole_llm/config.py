@@ -33,10 +33,13 @@ _UNDECLARED_RECBOLE_KEYS = {
 }
 
 
-def plugin_property_files(model: str, dataset: str) -> list:
-    """The plugin's yaml files that apply to this model and dataset, in order."""
+def plugin_property_files(model: str, dataset: str, wrapped=()) -> list:
+    """The plugin's yaml files that apply to this model and dataset, in order;
+    ``wrapped``: the files of a model this one wraps, above the model's own
+    yaml (a rating base brings its protocol) and below the dataset's."""
     files = [os.path.join(PROPERTIES_DIR, "overall.yaml"),
              os.path.join(PROPERTIES_DIR, "model", f"{model}.yaml"),
+             *wrapped,
              os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml")]
     return [f for f in files if os.path.isfile(f)]
 
@@ -106,18 +109,14 @@ class Config(_RecBoleConfig):
         dataset = _peek("dataset", dataset, user_files, config_dict)
         model_name = model if isinstance(model, str) else model.__name__
         model_ref = registry.get_model_class(model_name) if isinstance(model, str) else model
-        plugin_files = plugin_property_files(model_name, dataset)
         base_files = list(model_ref.property_files()) if hasattr(model_ref, "property_files") else []
         if hasattr(model_ref, "specialise"):
             # a wrapper model (Llama4Rec) takes the type, input type and RecBole
             # hyper-parameters of the conventional model it wraps (``base_model``)
-            base = _peek_setting("base_model", user_files, config_dict, plugin_files)
+            base = _peek_setting("base_model", user_files, config_dict,
+                                 plugin_property_files(model_name, dataset))
             model_ref, base_files = model_ref.specialise(base)
-        # above the model's yaml (a rating base brings its protocol), below the dataset's
-        model_files = [f for f in plugin_files if os.path.dirname(f).endswith("model")]
-        plugin_files = ([f for f in plugin_files if f not in model_files and "dataset" not in f]
-                        + model_files + base_files
-                        + [f for f in plugin_files if os.path.dirname(f).endswith("dataset")])
+        plugin_files = plugin_property_files(model_name, dataset, base_files)
         super().__init__(model=model_ref, dataset=dataset,
                          config_file_list=plugin_files + user_files, config_dict=config_dict)
         self._check_options(model_name, dataset, user_files, base_files)

@@ -115,6 +115,25 @@ def add_tokens(model, tokenizer, tokens, special: bool = False) -> list:
     return tokenizer.convert_tokens_to_ids(list(tokens))
 
 
+def answer_token_ids(model, tokenizer, words, spellings=None, new_tokens=None,
+                     special: bool = False) -> tuple:
+    """One token per answer word (yes/no, rating digits), so an answer is
+    scored at one position: the tokenizer's own single-token spelling when
+    every word has a distinct one (pretrained tokenizers do), else new tokens
+    (``new_tokens``, default the words).  Returns ``(ids, ids of added tokens)``."""
+    ids = []
+    for word in words:
+        for spelling in (spellings(word) if spellings else (word,)):
+            pieces = tokenizer(spelling, add_special_tokens=False)["input_ids"]
+            if len(pieces) == 1:
+                ids.append(pieces[0])
+                break
+    if len(ids) == len(words) and len(set(ids)) == len(ids):
+        return ids, []
+    added = add_tokens(model, tokenizer, list(new_tokens or words), special=special)
+    return added, added
+
+
 def _module_name(model, module) -> str:
     return next(name for name, m in model.named_modules() if m is module)
 

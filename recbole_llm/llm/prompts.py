@@ -106,3 +106,27 @@ def answer_logprob(model, prompts: list, answers: list, pad_id: int, max_length:
     target = labels[:, 1:].to(logits.device)
     logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0)[..., None]).squeeze(-1)
     return (logp * (target != -100)).sum(-1)
+
+
+@torch.no_grad()
+def answer_distribution(llm, tokenizer, prompts: list, answer_ids: list, max_tokens: int,
+                        batch_size: int, valid_counts=None) -> torch.Tensor:
+    """Log-probabilities over ``answer_ids`` at each prompt's answer position,
+    renormalised over the first ``valid_counts[r]`` answers of row ``r``."""
+    device = next(llm.parameters()).device
+    ids = tokenizer(list(prompts))["input_ids"]
+    out = []
+    answer = torch.as_tensor(answer_ids, device=device)
+    for start in range(0, len(ids), batch_size):
+        input_ids, mask = inference_batch(ids[start:start + batch_size], tokenizer.pad_token_id,
+                                          max_tokens)
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        logits = llm(input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask),
+                     logits_to_keep=1).logits[:, -1].float()
+        logits = logits[:, answer]
+        if valid_counts is not None:
+            counts = torch.as_tensor(valid_counts[start:start + batch_size], device=device)
+            logits = logits.masked_fill(torch.arange(len(answer_ids), device=device)[None]
+                                        >= counts[:, None], float("-inf"))
+        out.append(torch.log_softmax(logits, -1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, len(answer_ids))

@@ -28,7 +28,7 @@ from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import FeatureType, InputType, ModelType
 from tqdm import tqdm
 
-from recbole_llm.llm.backbone import add_tokens, apply_tuning, load_backbone
+from recbole_llm.llm.backbone import add_tokens, answer_token_ids, apply_tuning, load_backbone
 from recbole_llm.llm.cache import Cache
 from recbole_llm.llm.encoder import item_text_embeddings
 from recbole_llm.llm.prompts import Template, inference_batch, position_ids
@@ -205,7 +205,10 @@ class ELCoRec(AbstractRecommender):
         llm, self.tokenizer = load_backbone(config, corpus=[t for t in texts if t] + templates
                                             + [f"{r:g} stars" for r in range(11)], cache=cache)
         self.pref_id = add_tokens(llm, self.tokenizer, [PREF_TOKEN], special=True)[0]
-        (self.yes_id, self.no_id), new_ids = self._answer_ids(llm)
+        # "yes"/"no" as single tokens (new ones for the small default's BPE)
+        (self.yes_id, self.no_id), new_ids = answer_token_ids(
+            llm, self.tokenizer, ["yes", "no"], special=True,
+            spellings=lambda w: (" " + w, w, " " + w.capitalize(), w.capitalize()))
         self.llm = apply_tuning(llm, config, new_token_ids=[self.pref_id] + new_ids)
         self.pad_id = self.tokenizer.pad_token_id
         self.template = Template(self.tokenizer, config["elcorec_template"],
@@ -264,21 +267,6 @@ class ELCoRec(AbstractRecommender):
         arrays = cache.get_or_compute_arrays(key, compute)
         self.gat_item = torch.as_tensor(arrays["item"])
         return torch.as_tensor(arrays["user"])
-
-    def _answer_ids(self, llm) -> tuple:
-        """Single-token "yes"/"no": the tokenizer's own spelling if it has one
-        (pretrained LLMs do), else two new tokens (the small default's BPE)."""
-        ids = []
-        for word in ("yes", "no"):
-            for spelling in (" " + word, word, " " + word.capitalize(), word.capitalize()):
-                pieces = self.tokenizer(spelling, add_special_tokens=False)["input_ids"]
-                if len(pieces) == 1:
-                    ids.append(pieces[0])
-                    break
-        if len(ids) == 2 and ids[0] != ids[1]:
-            return ids, []
-        ids = add_tokens(llm, self.tokenizer, ["yes", "no"], special=True)
-        return ids, ids
 
     def _tokenise_items(self, dataset, config):
         field = config["prompt_item_field"]

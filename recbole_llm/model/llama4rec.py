@@ -35,11 +35,10 @@ from recbole.utils import ModelType, init_seed
 from tqdm import tqdm
 
 from recbole_llm import registry
-from recbole_llm.llm.backbone import add_tokens, apply_tuning, load_backbone
+from recbole_llm.llm.backbone import add_tokens, answer_token_ids, apply_tuning, load_backbone
 from recbole_llm.llm.cache import Cache
-from recbole_llm.llm.prompts import tail_lm_loss, training_batch
-from recbole_llm.model.llama4rec_prompts import (LABELS, RATING_WORDS, PromptWriter,
-                                                 answer_distribution, parse_choice)
+from recbole_llm.llm.prompts import answer_distribution, tail_lm_loss, training_batch
+from recbole_llm.model.llama4rec_prompts import LABELS, RATING_WORDS, PromptWriter, parse_choice
 
 
 # ------------------------------------------------------------ aggregation
@@ -195,7 +194,8 @@ class Llama4Rec(AbstractRecommender):
         self.writer = PromptWriter(self._item_names(dataset), config)
         llm, self.tokenizer = load_backbone(config, corpus=self._corpus(), cache=self.cache)
         self.label_ids = add_tokens(llm, self.tokenizer, LABELS)
-        self.rating_ids = self._rating_token_ids(llm)
+        self.rating_ids, _ = answer_token_ids(llm, self.tokenizer, RATING_WORDS,
+                                              new_tokens=[f"[{w}]" for w in RATING_WORDS])
         self.llm = apply_tuning(llm, config, new_token_ids=self.label_ids)
         self.rerank = True           # the trainer switches it off while the base model trains
         self.eval_history = None     # uid -> items RecBole masks in this evaluation (general)
@@ -231,12 +231,6 @@ class Llama4Rec(AbstractRecommender):
         texts = [t.format(**filled) for t in self.writer.templates.values()]
         texts += [self.writer.similar_text.format(items=""), self.writer.base_text.format(items="")]
         return [n for n in self.writer.names if n] + texts + [f"({r} stars)" for r in range(11)]
-
-    def _rating_token_ids(self, llm):
-        pieces = [self.tokenizer(w, add_special_tokens=False)["input_ids"] for w in RATING_WORDS]
-        if all(len(p) == 1 for p in pieces) and len({p[0] for p in pieces}) == len(pieces):
-            return [p[0] for p in pieces]
-        return add_tokens(llm, self.tokenizer, [f"[{w}]" for w in RATING_WORDS])
 
     # --- the base model ---------------------------------------------------
     def reset_base(self):
@@ -580,8 +574,9 @@ class Llama4Rec(AbstractRecommender):
         if not self.sequential:
             users, pos, neg = [], [], []
             for user, chosen, rejected in choices:
-                for other in rejected:
-                    users.append(user), pos.append(chosen), neg.append(other)
+                users += [user] * len(rejected)
+                pos += [chosen] * len(rejected)
+                neg += list(rejected)
             return Interaction({self.USER_ID: torch.as_tensor(users),
                                 self.ITEM_ID: torch.as_tensor(pos),
                                 self.config["NEG_PREFIX"] + self.ITEM_ID: torch.as_tensor(neg)})
@@ -655,10 +650,9 @@ class Llama4Rec(AbstractRecommender):
         order = aggregate_order(llm_scores, self.alpha[torch.as_tensor(users)],
                                 self.config["utility_c"])
         out = scores.clone()
-        ceiling = masked.max(dim=1).values.clamp(min=scores.max()) + 1.0
+        above = scores.max() + torch.arange(self.topn, 0, -1, dtype=out.dtype)  # over every item
         for row in range(len(users)):
-            ranked = top[row][order[row]]
-            out[row, ranked] = ceiling[row] + torch.arange(self.topn, 0, -1, dtype=out.dtype)
+            out[row, top[row][order[row]]] = above
         return out
 
     def full_sort_predict(self, interaction):

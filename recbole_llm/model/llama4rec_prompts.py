@@ -9,9 +9,6 @@ in one forward pass (the label distribution at the answer position).
 import re
 
 import numpy as np
-import torch
-
-from recbole_llm.llm.prompts import inference_batch, position_ids
 
 LABELS = [f"[{chr(ord('A') + i)}]" for i in range(26)]
 RATING_WORDS = ["1", "2", "3", "4", "5"]
@@ -76,27 +73,3 @@ class PromptWriter:
             slots["base"] = base_text
         return self.templates["rating"].format(history=self.items(history, ratings),
                                                target=self.names[int(target)], **slots)
-
-
-@torch.no_grad()
-def answer_distribution(llm, tokenizer, prompts: list, answer_ids: list, max_tokens: int,
-                        batch_size: int, valid_counts=None) -> torch.Tensor:
-    """Log-probabilities over ``answer_ids`` at each prompt's answer position,
-    renormalised over the first ``valid_counts[r]`` answers of row ``r``."""
-    device = next(llm.parameters()).device
-    ids = tokenizer(list(prompts))["input_ids"]
-    out = []
-    answer = torch.as_tensor(answer_ids, device=device)
-    for start in range(0, len(ids), batch_size):
-        input_ids, mask = inference_batch(ids[start:start + batch_size], tokenizer.pad_token_id,
-                                          max_tokens)
-        input_ids, mask = input_ids.to(device), mask.to(device)
-        logits = llm(input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask),
-                     logits_to_keep=1).logits[:, -1].float()
-        logits = logits[:, answer]
-        if valid_counts is not None:
-            counts = torch.as_tensor(valid_counts[start:start + batch_size], device=device)
-            logits = logits.masked_fill(torch.arange(len(answer_ids), device=device)[None]
-                                        >= counts[:, None], float("-inf"))
-        out.append(torch.log_softmax(logits, -1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, len(answer_ids))
