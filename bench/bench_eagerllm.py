@@ -21,13 +21,15 @@ DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"))
 COMMON = {"dataset": "amazon_beauty_5core", "data_path": DATA, "seed": 2020, "MAX_ITEM_LIST_LENGTH": 20, "show_progress": False,
           "metrics": ["Recall", "NDCG", "Hit"], "topk": [3, 5, 10, 20], "valid_metric": "NDCG@10"}
 SASREC = {"model": "SASRec", "train_neg_sample_args": None, "stopping_step": 5}
-# Measured: 1.8 s per step of 64 samples (backbone forward + backward are 92% of
-# it), 2,050 steps per epoch on Beauty = ~60 min per epoch on a shared CPU.  One
-# stage-one epoch plus one annealing epoch is what fits the ~1 h budget per row.
+# Measured (one stage-one step of 64 samples + their auxiliary rows): 1.8 s before
+# packing and answer-only vocabulary projection, 0.63 s after with 1 thread, 0.44 s
+# with 2; 2,054 steps per epoch on Beauty.  The EAGER rows run alone on the
+# machine with both cores (cpu_threads 2): one stage-one epoch plus one annealing
+# epoch, ~30 min per row.  The SASRec row used 1 thread (shared CPU).
 # Behaviour embeddings come from the SASRec row's checkpoint (same training split).
 EAGER = {"model": "EAGERLLM", "epochs": 1, "eval_step": 1, "aat_epochs": 1,
          "llm_hidden_size": 128, "llm_num_layers": 2, "llm_num_heads": 4,
-         "train_batch_size": 64, "beam_batch_size": 64}
+         "train_batch_size": 64, "beam_batch_size": 64, "cpu_threads": 2}
 ROWS = {
     "sasrec": SASREC,
     "unit": EAGER,
@@ -48,19 +50,21 @@ def row(name, force=False):
 def table(results):
     base = results.get("sasrec")
     cols = ["recall@5", "recall@10", "ndcg@5", "ndcg@10", "hit@3", "ndcg@3"]
-    lines = ["| row | " + " | ".join(cols) + " | NDCG@10 / SASRec | eval s per 1k users | fit (min) |",
-             "|---" * (len(cols) + 4) + "|"]
+    lines = ["| row | " + " | ".join(cols) + " | NDCG@10 / SASRec | eval s per 1k users | fit (min) | threads |",
+             "|---" * (len(cols) + 5) + "|"]
     for name, r in results.items():
         t = r["test"]
         ratio = t["ndcg@10"] / base["test"]["ndcg@10"] if base else float("nan")
         per_k = 1000 * r["eval_s"] / r.get("test_rows", r.get("test_users"))  # one row per user
         lines.append(f"| {name} | " + " | ".join(f"{t[c]:.4f}" for c in cols) +
-                     f" | {ratio:.2f}x | {per_k:.1f} | {r['fit_s'] / 60:.1f} |")
+                     f" | {ratio:.2f}x | {per_k:.1f} | {r['fit_s'] / 60:.1f} | "
+                     f"{r['settings'].get('cpu_threads', 1)} |")
     return "\n".join(lines)
 
 
 HEADER = ("Amazon Beauty 5-core, leave-one-out by time, full ranking over all items, seed 2020, "
-          f"history 20, {os.cpu_count()} CPU cores, 1 thread; RecBole's evaluator.")
+          f"history 20, {os.cpu_count()} CPU cores; RecBole's evaluator.  Fit = stage one + annealing "
+          "for EAGERLLM (both with validation); eval = the test split, beam 20.")
 
 
 if __name__ == "__main__":

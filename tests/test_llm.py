@@ -306,14 +306,30 @@ def test_torn_cache_line_is_ignored_and_local_client_generates(tmp_path, tiny_lm
     assert again.complete(["which movie"], max_new_tokens=4) == [out[1]] and again.calls == 0
 
 
-def test_tail_loss_on_left_padding_equals_full_loss(tiny_lm):
-    from recbole_llm.llm.prompts import tail_lm_loss, training_batch
+def test_packed_batch_loss_equals_unpacked_loss(tiny_lm):
+    from recbole_llm.llm.prompts import answer_lm_loss, answer_logprob, training_batch
     model, tok = tiny_lm
-    prompts = [tok(t)["input_ids"] for t in ("the user watched a comedy", "which movie")]
-    answers = [[5, 6, 7], [8]]
-    ids, mask, labels, _ = training_batch(prompts, answers, tok.pad_token_id, 64)
-    full = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-    ids, mask, labels, ends = training_batch(prompts, answers, tok.pad_token_id, 64, left_pad=True)
-    tail, out = tail_lm_loss(model, ids, mask, labels)
-    assert out.logits.shape[1] == 4 and (ends == ids.shape[1] - 1).all()
-    assert torch.allclose(tail, full, atol=1e-5)
+    texts = ("the user watched a comedy and then a long drama", "which movie", "a", "b c d")
+    prompts = [tok(t)["input_ids"] for t in texts]
+    answers = [[5, 6, 7], [8], [9, 10], [11]]
+    batch = training_batch(prompts, answers, tok.pad_token_id, 64)
+    # several sequences share a row, each row at most the longest sequence's width
+    assert batch.input_ids.shape[0] < len(prompts)
+    assert batch.input_ids.shape[1] == max(len(p) + len(a) for p, a in zip(prompts, answers))
+    loss, hidden = answer_lm_loss(model, batch)
+    # reference: each sequence alone through the ordinary forward
+    nll, count, alone = 0.0, 0, []
+    for p, a in zip(prompts, answers):
+        ids = torch.tensor([p + a])
+        labels = torch.tensor([[-100] * len(p) + a])
+        out = model(input_ids=ids, labels=labels, output_hidden_states=True)
+        nll, count = nll + out.loss * len(a), count + len(a)
+        logp = torch.log_softmax(out.logits[0, len(p) - 1:-1], -1)
+        alone.append(logp.gather(1, torch.tensor(a)[:, None]).sum())
+    assert torch.allclose(loss, nll / count, atol=1e-5)
+    # the last token of each sequence sees only its own sequence
+    ref = model.model(input_ids=torch.tensor([prompts[1] + answers[1]])).last_hidden_state[0, -1]
+    r, c = batch.ends[1].tolist()
+    assert torch.allclose(hidden[r, c], ref, atol=1e-5)
+    assert torch.allclose(answer_logprob(model, prompts, answers, tok.pad_token_id, 64),
+                          torch.stack(alone), atol=1e-4)

@@ -134,6 +134,13 @@ def answer_token_ids(model, tokenizer, words, spellings=None, new_tokens=None,
     return added, added
 
 
+def decoder_and_head(model) -> tuple:
+    """The transformer stack and the vocabulary head of a causal LM (through a
+    peft wrapper), so a caller can project only the positions it needs."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
 def _module_name(model, module) -> str:
     return next(name for name, m in model.named_modules() if m is module)
 

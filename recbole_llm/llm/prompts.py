@@ -2,11 +2,16 @@
 
 Templates hold one ``{slot}``; the text around it is tokenised once, and the
 slot is filled with token ids (item codes, item text) per sample, so building
-a batch never re-tokenises fixed text.  Training batches are right-padded with
-labels only on the answer; inference batches are left-padded (generation
-continues from the last column).
+a batch never re-tokenises fixed text.  Training batches are packed (several
+sequences per row, labels only on the answer, only answer positions projected
+to the vocabulary); inference batches are left-padded (generation continues
+from the last column).
 """
+from typing import NamedTuple
+
 import torch
+
+from recbole_llm.llm.backbone import decoder_and_head
 
 
 class Template:
@@ -38,32 +43,67 @@ class Template:
         return out
 
 
+class PackedBatch(NamedTuple):
+    input_ids: torch.Tensor       # [R, W]
+    position_ids: torch.Tensor    # [R, W], 0 at each sequence's first token
+    attention_bias: torch.Tensor  # [R, 1, W, W] additive: causal within a sequence only
+    labels: torch.Tensor          # [R, W], -100 off the answers
+    ends: torch.Tensor            # [N, 2] (row, column) of each sequence's last token
+
+    def to(self, device):
+        return PackedBatch(*(t.to(device) for t in self))
+
+
 def training_batch(prompts: list, answers: list, pad_id: int, max_length: int, suffixes=None,
-                   left_pad: bool = False):
-    """``input_ids, attention_mask, labels`` (+ position of each suffix's last token,
-    e.g. ``[CON]``), labels on the answer only.  Over-long prompts lose their
-    oldest tokens.  ``left_pad`` puts every row's end in the last column, so a
-    model can project only the last columns to the vocabulary
-    (:func:`tail_lm_loss`); positions then come from :func:`position_ids`."""
+                   dtype=torch.float32) -> PackedBatch:
+    """Training sequences (prompt + answer + suffix, e.g. ``[CON]``), labels on
+    the answer only, packed several to a row.
+
+    Prompts and answers differ a lot in length (a 20-item history vs. an item
+    title), so padding every row to the longest would waste about half of the
+    backbone's work; instead rows of the longest sequence's width are filled
+    first-fit-decreasing, and a block-diagonal causal mask keeps each
+    sequence blind to its row neighbours.  Over-long prompts lose their oldest
+    tokens."""
     suffixes = suffixes or [[] for _ in prompts]
-    rows, label_rows = [], []
+    seqs, label_seqs = [], []
     for prompt, answer, suffix in zip(prompts, answers, suffixes):
         keep = max_length - len(answer) - len(suffix)
         prompt = prompt[-keep:] if keep > 0 else []
-        rows.append(prompt + answer + suffix)
-        label_rows.append([-100] * len(prompt) + answer + [-100] * len(suffix))
-    width = max(len(r) for r in rows)
+        seqs.append(list(prompt) + list(answer) + list(suffix))
+        label_seqs.append([-100] * len(prompt) + list(answer) + [-100] * len(suffix))
+    width = max(len(s) for s in seqs)
+    rows, free = [], []                       # sequence ids per row, free columns per row
+    for i in sorted(range(len(seqs)), key=lambda i: -len(seqs[i])):
+        row = next((r for r, f in enumerate(free) if f >= len(seqs[i])), None)
+        if row is None:
+            rows.append([])
+            free.append(width)
+            row = len(rows) - 1
+        rows[row].append(i)
+        free[row] -= len(seqs[i])
+    low = torch.finfo(dtype).min
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    ends = []
-    for i, (r, l) in enumerate(zip(rows, label_rows)):
-        cols = slice(width - len(r), width) if left_pad else slice(0, len(r))
-        input_ids[i, cols] = torch.tensor(r)
-        labels[i, cols] = torch.tensor(l)
-        mask[i, cols] = 1
-        ends.append(width - 1 if left_pad else len(r) - 1)
-    return input_ids, mask, labels, torch.tensor(ends)
+    bias = torch.full((len(rows), 1, width, width), low, dtype=dtype)
+    ends = torch.zeros((len(seqs), 2), dtype=torch.long)
+    causal = torch.triu(torch.full((width, width), low, dtype=dtype), diagonal=1)
+    for r, members in enumerate(rows):
+        col = 0
+        for i in members:
+            n = len(seqs[i])
+            cols = slice(col, col + n)
+            input_ids[r, cols] = torch.tensor(seqs[i])
+            labels[r, cols] = torch.tensor(label_seqs[i])
+            positions[r, cols] = torch.arange(n)
+            bias[r, 0, cols, cols] = causal[:n, :n]
+            ends[i] = torch.tensor([r, col + n - 1])
+            col += n
+        if col < width:  # padding attends to itself only, so no row of the mask is empty
+            pad = torch.arange(col, width)
+            bias[r, 0, pad, pad] = 0
+    return PackedBatch(input_ids, positions, bias, labels, ends)
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -71,18 +111,23 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def tail_lm_loss(model, input_ids, attention_mask, labels, **kwargs):
-    """Causal-LM loss when every label lies in the last columns (left padding):
-    only those columns are projected to the vocabulary.  Returns (loss, output)."""
-    labelled = (labels != -100).any(0).nonzero()
-    keep = input_ids.shape[1] - int(labelled.min()) + 1 if len(labelled) else 1
-    out = model(input_ids=input_ids, attention_mask=attention_mask,
-                position_ids=position_ids(attention_mask), logits_to_keep=keep, **kwargs)
-    logits = out.logits[:, :-1].float()                  # predicts columns T-keep+1 .. T-1
-    target = labels[:, labels.shape[1] - keep + 1:]
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                             target.reshape(-1), ignore_index=-100)
-    return loss, out
+def answer_logits(model, batch: PackedBatch):
+    """Logits of the positions that predict an answer token, and only those (a
+    few percent of a batch: the vocabulary projection is the costly part).
+    Returns ``(logits [M, V], targets [M], (rows, cols) of the targets, last
+    hidden states [R, W, H])``."""
+    decoder, head = decoder_and_head(model)
+    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_bias,
+                     position_ids=batch.position_ids).last_hidden_state
+    target = batch.labels[:, 1:]
+    rows, cols = (target != -100).nonzero(as_tuple=True)
+    return head(hidden[rows, cols]).float(), target[rows, cols], (rows, cols + 1), hidden
+
+
+def answer_lm_loss(model, batch: PackedBatch):
+    """Mean token cross-entropy over the answers; ``(loss, last hidden states)``."""
+    logits, target, _, hidden = answer_logits(model, batch)
+    return torch.nn.functional.cross_entropy(logits, target), hidden
 
 
 def inference_batch(prompts: list, pad_id: int, max_length: int):
@@ -100,12 +145,14 @@ def inference_batch(prompts: list, pad_id: int, max_length: int):
 
 def answer_logprob(model, prompts: list, answers: list, pad_id: int, max_length: int):
     """Teacher-forced log-probability of each answer given its prompt."""
-    input_ids, mask, labels, _ = training_batch(prompts, answers, pad_id, max_length)
-    logits = model(input_ids=input_ids.to(model.device),
-                   attention_mask=mask.to(model.device)).logits[:, :-1].float()
-    target = labels[:, 1:].to(logits.device)
-    logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0)[..., None]).squeeze(-1)
-    return (logp * (target != -100)).sum(-1)
+    device = next(model.parameters()).device
+    batch = training_batch(prompts, answers, pad_id, max_length).to(device)
+    logits, target, (rows, cols), _ = answer_logits(model, batch)
+    token_logp = torch.log_softmax(logits, -1).gather(-1, target[:, None]).squeeze(-1)
+    owner = torch.zeros_like(batch.labels)  # which sequence each column belongs to
+    for i, (r, end) in enumerate(batch.ends.tolist()):
+        owner[r, end - int(batch.position_ids[r, end]):end + 1] = i
+    return torch.zeros(len(prompts), device=device).index_add(0, owner[rows, cols], token_logp)
 
 
 @torch.no_grad()

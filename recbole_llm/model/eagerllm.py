@@ -33,7 +33,7 @@ from recbole_llm.llm.backbone import add_tokens, apply_tuning, load_backbone
 from recbole_llm.llm.cache import Cache
 from recbole_llm.llm.encoder import item_text_embeddings
 from recbole_llm.llm.generation import constrained_beam_search, to_full_sort_scores
-from recbole_llm.llm.prompts import (Template, answer_logprob, inference_batch, tail_lm_loss,
+from recbole_llm.llm.prompts import (Template, answer_lm_loss, answer_logprob, inference_batch,
                                      training_batch)
 from recbole_llm.model.conventional import (checkpoint_item_embeddings, data_fingerprint,
                                             train_item_embeddings)
@@ -219,13 +219,12 @@ class EAGERLLM(SequentialRecommender):
             prompts, answers = prompts + aux_prompts, answers + aux_answers
             if suffixes is not None:
                 suffixes = suffixes + [[] for _ in aux_prompts]
-        input_ids, mask, labels, ends = training_batch(prompts, answers, self.pad_id,
-                                                       self.max_prompt, suffixes, left_pad=True)
         device = self.item_codes.device
-        loss, out = tail_lm_loss(self.llm, input_ids.to(device), mask.to(device),
-                                 labels.to(device), output_hidden_states=use_gct)
+        batch = training_batch(prompts, answers, self.pad_id, self.max_prompt, suffixes,
+                               dtype=self.llm.dtype).to(device)
+        loss, hidden = answer_lm_loss(self.llm, batch)
         if use_gct:
-            h_con = out.hidden_states[-1][torch.arange(n_rec, device=device), ends[:n_rec].to(device)]
+            h_con = hidden[batch.ends[:n_rec, 0], batch.ends[:n_rec, 1]]  # [CON]'s last hidden state
             if self.gct_lambda_sem > 0:
                 loss = loss + self.gct_lambda_sem * info_nce(
                     self.sem_proj(h_con), self.sem_emb[targets], self.gct_tau, targets)

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from recbole_llm import registry
 from recbole_llm.llm.backbone import add_tokens, answer_token_ids, apply_tuning, load_backbone
 from recbole_llm.llm.cache import Cache
-from recbole_llm.llm.prompts import answer_distribution, tail_lm_loss, training_batch
+from recbole_llm.llm.prompts import answer_distribution, answer_lm_loss, training_batch
 from recbole_llm.model.llama4rec_prompts import LABELS, RATING_WORDS, PromptWriter, parse_choice
 
 
@@ -483,11 +483,11 @@ class Llama4Rec(AbstractRecommender):
                        disable=not show_progress, unit="batch")
             for start in bar:
                 rows = order[start:start + batch]
-                input_ids, mask, labels, _ = training_batch(
+                batch = training_batch(
                     [ids[r] for r in rows], [samples[r][1] for r in rows],
-                    self.tokenizer.pad_token_id, self.config["llm_max_prompt_tokens"], left_pad=True)
-                loss, _ = tail_lm_loss(self.llm, input_ids.to(device), mask.to(device),
-                                       labels.to(device))
+                    self.tokenizer.pad_token_id, self.config["llm_max_prompt_tokens"],
+                    dtype=self.llm.dtype).to(device)
+                loss, _ = answer_lm_loss(self.llm, batch)
                 optim.zero_grad()
                 loss.backward()
                 optim.step()
