@@ -483,11 +483,11 @@ class Llama4Rec(AbstractRecommender):
                        disable=not show_progress, unit="batch")
             for start in bar:
                 rows = order[start:start + batch]
-                batch = training_batch(
+                packed = training_batch(
                     [ids[r] for r in rows], [samples[r][1] for r in rows],
                     self.tokenizer.pad_token_id, self.config["llm_max_prompt_tokens"],
                     dtype=self.llm.dtype).to(device)
-                loss, _ = answer_lm_loss(self.llm, batch)
+                loss, _ = answer_lm_loss(self.llm, packed)
                 optim.zero_grad()
                 loss.backward()
                 optim.step()
