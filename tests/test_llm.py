@@ -333,3 +333,28 @@ def test_packed_batch_loss_equals_unpacked_loss(tiny_lm):
     assert torch.allclose(hidden[r, c], ref, atol=1e-5)
     assert torch.allclose(answer_logprob(model, prompts, answers, tok.pad_token_id, 64),
                           torch.stack(alone), atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "cohere"])
+def test_answer_logprob_keeps_the_models_own_logit_transform(family):
+    """Projecting only answer positions must give the logits the model's own
+    forward gives, soft-capping (Gemma 2) and logit scaling (Cohere) included."""
+    import transformers
+
+    from recbole_llm.llm.prompts import answer_logprob
+    small = {"vocab_size": 40, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+             "num_attention_heads": 2, "num_key_value_heads": 2, "pad_token_id": 0}
+    if family == "gemma2":
+        config = transformers.Gemma2Config(head_dim=8, final_logit_softcapping=0.5, **small)
+        model = transformers.Gemma2ForCausalLM(config)
+    else:
+        config = transformers.CohereConfig(logit_scale=3.0, **small)
+        model = transformers.CohereForCausalLM(config)
+    model.eval()
+    prompts, answers = [[3, 4, 5, 6], [7, 8]], [[9, 10], [11]]
+    expected = []
+    for p, a in zip(prompts, answers):
+        logp = torch.log_softmax(model(input_ids=torch.tensor([p + a])).logits[0].float(), -1)
+        expected.append(sum(logp[len(p) - 1 + j, t] for j, t in enumerate(a)))
+    got = answer_logprob(model, prompts, answers, 0, 64)
+    assert torch.allclose(got, torch.stack(expected), atol=1e-4)

@@ -135,10 +135,27 @@ def answer_token_ids(model, tokenizer, words, spellings=None, new_tokens=None,
 
 
 def decoder_and_head(model) -> tuple:
-    """The transformer stack and the vocabulary head of a causal LM (through a
-    peft wrapper), so a caller can project only the positions it needs."""
+    """The transformer stack, and hidden states -> logits exactly as the model's
+    own forward computes them (head, then Gemma's soft-capping, Cohere's or
+    Granite's logit scaling where the config has them), so a caller can project
+    only the positions it needs and still train what generation will use."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_decoder(), base.get_output_embeddings()
+    head, config = base.get_output_embeddings(), base.config
+    cap = getattr(config, "final_logit_softcapping", None)
+    scale = getattr(config, "logit_scale", None)
+    divide = getattr(config, "logits_scaling", None)
+
+    def project(hidden):
+        logits = head(hidden)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        if scale is not None:
+            logits = logits * scale
+        if divide is not None:
+            logits = logits / divide
+        return logits
+
+    return base.get_decoder(), project
 
 
 def _module_name(model, module) -> str:

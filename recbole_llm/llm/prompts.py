@@ -48,6 +48,7 @@ class PackedBatch(NamedTuple):
     position_ids: torch.Tensor    # [R, W], 0 at each sequence's first token
     attention_bias: torch.Tensor  # [R, 1, W, W] additive: causal within a sequence only
     labels: torch.Tensor          # [R, W], -100 off the answers
+    owner: torch.Tensor           # [R, W], index of the sequence in each column, -1 on padding
     ends: torch.Tensor            # [N, 2] (row, column) of each sequence's last token
 
     def to(self, device):
@@ -86,8 +87,9 @@ def training_batch(prompts: list, answers: list, pad_id: int, max_length: int, s
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    owner = torch.full((len(rows), width), -1, dtype=torch.long)
     bias = torch.full((len(rows), 1, width, width), low, dtype=dtype)
-    ends = torch.zeros((len(seqs), 2), dtype=torch.long)
+    ends = [None] * len(seqs)
     causal = torch.triu(torch.full((width, width), low, dtype=dtype), diagonal=1)
     for r, members in enumerate(rows):
         col = 0
@@ -97,13 +99,14 @@ def training_batch(prompts: list, answers: list, pad_id: int, max_length: int, s
             input_ids[r, cols] = torch.tensor(seqs[i])
             labels[r, cols] = torch.tensor(label_seqs[i])
             positions[r, cols] = torch.arange(n)
+            owner[r, cols] = i
             bias[r, 0, cols, cols] = causal[:n, :n]
-            ends[i] = torch.tensor([r, col + n - 1])
+            ends[i] = (r, col + n - 1)
             col += n
         if col < width:  # padding attends to itself only, so no row of the mask is empty
             pad = torch.arange(col, width)
             bias[r, 0, pad, pad] = 0
-    return PackedBatch(input_ids, positions, bias, labels, ends)
+    return PackedBatch(input_ids, positions, bias, labels, owner, torch.tensor(ends))
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -116,12 +119,12 @@ def answer_logits(model, batch: PackedBatch):
     few percent of a batch: the vocabulary projection is the costly part).
     Returns ``(logits [M, V], targets [M], (rows, cols) of the targets, last
     hidden states [R, W, H])``."""
-    decoder, head = decoder_and_head(model)
+    decoder, project = decoder_and_head(model)
     hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_bias,
                      position_ids=batch.position_ids).last_hidden_state
     target = batch.labels[:, 1:]
     rows, cols = (target != -100).nonzero(as_tuple=True)
-    return head(hidden[rows, cols]).float(), target[rows, cols], (rows, cols + 1), hidden
+    return project(hidden[rows, cols]).float(), target[rows, cols], (rows, cols + 1), hidden
 
 
 def answer_lm_loss(model, batch: PackedBatch):
@@ -149,10 +152,7 @@ def answer_logprob(model, prompts: list, answers: list, pad_id: int, max_length:
     batch = training_batch(prompts, answers, pad_id, max_length).to(device)
     logits, target, (rows, cols), _ = answer_logits(model, batch)
     token_logp = torch.log_softmax(logits, -1).gather(-1, target[:, None]).squeeze(-1)
-    owner = torch.zeros_like(batch.labels)  # which sequence each column belongs to
-    for i, (r, end) in enumerate(batch.ends.tolist()):
-        owner[r, end - int(batch.position_ids[r, end]):end + 1] = i
-    return torch.zeros(len(prompts), device=device).index_add(0, owner[rows, cols], token_logp)
+    return torch.zeros(len(prompts), device=device).index_add(0, batch.owner[rows, cols], token_logp)
 
 
 @torch.no_grad()
