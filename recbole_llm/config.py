@@ -5,10 +5,12 @@ RecBole's internal defaults < ``properties/overall.yaml`` <
 ``properties/model/<Model>.yaml`` < ``properties/dataset/<dataset>.yaml`` <
 the user's ``config_file_list`` < ``config_dict`` < ``--key=value`` flags.
 
-Unlike RecBole, a ``--key`` that no property file of this run knows is an
-error (with the closest known names), because RecBole would silently ignore a
-typo such as ``--learning_rat=0.1``.  Set ``strict_options: False`` in a
-config file to allow free-form keys.
+Unlike RecBole, a key that no property file of this run knows, on the command
+line, in ``config_dict`` or in a user's yaml file, is an error (with the
+closest known names), because RecBole would silently ignore a typo such as
+``--learning_rat=0.1``; set ``strict_options: False`` to allow keys of your
+own.  Values are read as data (``recbole_llm.options``), never evaluated, and
+checked for kind and range before any data loads.
 """
 import difflib
 import glob
@@ -16,11 +18,13 @@ import os
 import sys
 
 import recbole
-import yaml
 from recbole.config import Config as _RecBoleConfig
 from recbole.utils import ModelType
 
 from recbole_llm import registry
+from recbole_llm.errors import InputError
+from recbole_llm.options import (SafeConfigLoader, check_dataset_name, check_metrics,
+                                 check_values, parse_argv, parse_value, read_yaml)
 
 PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties")
 _RECBOLE_PROPERTIES = os.path.join(os.path.dirname(recbole.__file__), "properties")
@@ -39,47 +43,31 @@ def plugin_property_files(model: str, dataset: str, wrapped=()) -> list:
     yaml (a rating base brings its protocol) and below the dataset's."""
     files = [os.path.join(PROPERTIES_DIR, "overall.yaml"),
              os.path.join(PROPERTIES_DIR, "model", f"{model}.yaml"),
+             *registry.model_property_files(model),
              *wrapped,
              os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml")]
     return [f for f in files if os.path.isfile(f)]
 
 
-def _cmd_value(key):
-    for arg in sys.argv[1:]:
-        if arg.startswith(f"--{key}="):
-            return arg.split("=", 1)[1]
-    return None
-
-
-def _read_yaml(path):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            return yaml.safe_load(f) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"config file {path} is not valid YAML: {err}") from None
-
-
-def _peek(key, explicit, config_file_list, config_dict):
+def _peek(key, explicit, cmd, config_file_list, config_dict):
     """Find model/dataset the way RecBole will, before RecBole's Config runs."""
     if explicit is not None:
         return explicit
-    value = _cmd_value(key) or (config_dict or {}).get(key)
+    value = cmd.get(key) or (config_dict or {}).get(key)
     for path in reversed(config_file_list or []):
         if value is None:
-            value = _read_yaml(path).get(key)
+            value = read_yaml(path).get(key)
     if value is None:
-        raise ValueError(f"no {key} given: pass --{key}=... (or set it in a config file)")
+        raise InputError(f"no {key} given: pass --{key}=... (or set it in a config file)")
     return value
 
 
-def _peek_setting(key, user_files, config_dict, default_files):
+def _peek_setting(key, cmd, user_files, config_dict, default_files):
     """Like :func:`_peek`, falling back to the plugin's own property files."""
-    value = _cmd_value(key) or (config_dict or {}).get(key)
+    value = cmd.get(key) or (config_dict or {}).get(key)
     for path in reversed(list(user_files or []) + list(default_files)):
         if value is None:
-            value = _read_yaml(path).get(key)
+            value = read_yaml(path).get(key)
     return value
 
 
@@ -91,35 +79,75 @@ def _known_keys(model: str, dataset: str, extra_files=()) -> set:
                      *glob.glob(os.path.join(_RECBOLE_PROPERTIES, "quick_start_config", "*.yaml"))]
     for path in recbole_files + [os.path.join(PROPERTIES_DIR, "overall.yaml"),
                                  os.path.join(PROPERTIES_DIR, "model", f"{model}.yaml"),
+                                 *registry.model_property_files(model),
                                  *glob.glob(os.path.join(PROPERTIES_DIR, "dataset", "*.yaml")),
                                  *extra_files]:
         if os.path.isfile(path):
-            keys.update(_read_yaml(path))
+            keys.update(read_yaml(path))
     return keys
 
 
 class Config(_RecBoleConfig):
-    """Drop-in for ``recbole.config.Config`` that knows the plugin's models."""
+    """Drop-in for ``recbole.config.Config`` that knows the plugin's models.
 
-    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None):
+    ``argv``: the command-line options (default ``sys.argv[1:]``, as RecBole).
+    Every problem with the options or config files is an :class:`InputError`.
+    """
+
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None,
+                 argv=None):
+        self._cmd_raw = parse_argv(sys.argv[1:] if argv is None else argv)
         user_files = list(config_file_list or [])
         for path in user_files:
-            _read_yaml(path)  # clear error for a missing or broken user file
-        model = _peek("model", model, user_files, config_dict)
-        dataset = _peek("dataset", dataset, user_files, config_dict)
+            read_yaml(path)  # clear error for a missing or broken user file
+        model = _peek("model", model, self._cmd_raw, user_files, config_dict)
+        dataset = _peek("dataset", dataset, self._cmd_raw, user_files, config_dict)
+        check_dataset_name(dataset)
         model_name = model if isinstance(model, str) else model.__name__
-        model_ref = registry.get_model_class(model_name) if isinstance(model, str) else model
+        try:
+            model_ref = registry.get_model_class(model_name) if isinstance(model, str) else model
+        except ValueError as err:
+            raise InputError(str(err)) from None
         base_files = list(model_ref.property_files()) if hasattr(model_ref, "property_files") else []
         if hasattr(model_ref, "specialise"):
             # a wrapper model (Llama4Rec) takes the type, input type and RecBole
             # hyper-parameters of the conventional model it wraps (``base_model``)
-            base = _peek_setting("base_model", user_files, config_dict,
-                                 plugin_property_files(model_name, dataset))
-            model_ref, base_files = model_ref.specialise(base)
+            base = parse_value(_peek_setting("base_model", self._cmd_raw, user_files, config_dict,
+                                             plugin_property_files(model_name, dataset)))
+            try:
+                model_ref, base_files = model_ref.specialise(base)
+            except ValueError as err:
+                raise InputError(str(err)) from None
         plugin_files = plugin_property_files(model_name, dataset, base_files)
-        super().__init__(model=model_ref, dataset=dataset,
-                         config_file_list=plugin_files + user_files, config_dict=config_dict)
+        self._plugin_files = plugin_files
+        try:
+            super().__init__(model=model_ref, dataset=dataset,
+                             config_file_list=plugin_files + user_files,
+                             config_dict=dict(config_dict) if config_dict else None)
+        except InputError:
+            raise
+        except (ValueError, TypeError, KeyError, NotImplementedError, RuntimeError,
+                AttributeError) as err:
+            raise InputError(f"invalid settings for {model_name} on {dataset}: "
+                             f"{type(err).__name__}: {err}") from None
         self._check_options(model_name, dataset, user_files, base_files)
+        self._check_values(user_files)
+
+    # --- RecBole's readers, made safe ------------------------------------
+    def _build_yaml_loader(self):
+        return SafeConfigLoader
+
+    def _convert_config_dict(self, config_dict):
+        return {key: parse_value(value) for key, value in config_dict.items()}
+
+    def _load_cmd_line(self):
+        return self._convert_config_dict(self._cmd_raw)
+
+    def _load_config_files(self, file_list):
+        merged = {}
+        for path in file_list or []:
+            merged.update(read_yaml(path))
+        return merged
 
     def _set_default_parameters(self):
         # RecBole's overall.yaml samples one negative per positive, yet its
@@ -131,22 +159,42 @@ class Config(_RecBoleConfig):
             final["train_neg_sample_args"] = None
         super()._set_default_parameters()
 
+    # --- checks -----------------------------------------------------------
+    def _user_sources(self, user_files) -> tuple:
+        """The user's settings and where each came from (highest priority wins)."""
+        given, sources = {}, {}
+        for path in user_files:
+            for key, value in read_yaml(path).items():
+                given[key], sources[key] = value, f"config file {path}"
+        for source, values in (("config_dict", self.variable_config_dict),
+                               ("command line", self.cmd_config_dict)):
+            for key, value in values.items():
+                given[key], sources[key] = value, source
+        return given, sources
+
+    def _check_values(self, user_files):
+        given, sources = self._user_sources(user_files)
+        # the value a key would have without the user's settings
+        defaults = dict(self.internal_config_dict)
+        for path in self._plugin_files:
+            defaults.update(read_yaml(path))
+        check_values(given, defaults, sources)
+        check_metrics(self)
+
     def _check_options(self, model, dataset, user_files, extra_files=()):
         if not self.final_config_dict.get("strict_options", True):
             return
         known = _known_keys(model, dataset, extra_files) | set(self.internal_config_dict)
-        for path in user_files:
-            known.update(_read_yaml(path))
         for group in self.parameters.values():
             known.update(group)
-        for source, given in (("command line", self.cmd_config_dict),
-                              ("config_dict", self.variable_config_dict)):
-            for key in given:
+        given = [(f"config file {path}", read_yaml(path)) for path in user_files]
+        given += [("config_dict", self.variable_config_dict), ("command line", self.cmd_config_dict)]
+        for source, values in given:
+            for key in values:
                 if key not in known:
                     close = difflib.get_close_matches(key, sorted(known), n=3)
                     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-                    raise ValueError(
+                    raise InputError(
                         f"unknown option '{key}' ({source}) for model {model} on {dataset}.{hint} "
-                        "If this key is meant for your own code, declare it in a config "
-                        "file or set strict_options: False."
+                        "Keys of your own need strict_options: False."
                     )

@@ -7,7 +7,6 @@ before loading, thread settings, and checkpoints that load weights-only.
 RecBole's own quick start cannot be used as is: it imports ray, which does
 not import on today's setuptools and NumPy.
 """
-import argparse
 import logging
 import os
 import sys
@@ -21,33 +20,50 @@ from recbole_llm import registry
 from recbole_llm.compat import check_pandas_copy_on_write
 from recbole_llm.config import Config
 from recbole_llm.data.atomic import check_dataset_files
+from recbole_llm.errors import InputError
+from recbole_llm.options import parse_argv
+from recbole_llm.trainer import check_resume_checkpoint
 from recbole_llm.utils import set_cpu_threads
 
+__all__ = ["InputError", "build", "check_inputs", "create_dataset", "main", "prepare_data",
+           "run_recbole_llm"]
 
-class InputError(Exception):
-    """Bad input found while setting up a run (config, data files, model folders)."""
+# What dataset construction and splitting raise on bad data or settings
+# (a missing field, a text field the .item file lacks, an unknown split).
+_DATA_ERRORS = (ValueError, KeyError, FileNotFoundError, UnicodeDecodeError, NotImplementedError)
+
+
+def _optional(config, key):
+    return config[key] if key in config.final_config_dict else None
 
 
 def check_paths(config) -> None:
-    """Local model folders named in the config exist: fail before any long work."""
+    """Local model folders and checkpoints named in the config: fail before any long work."""
     if config["llm_path"]:
         from recbole_llm.llm.backbone import check_llm_path
         check_llm_path(config["llm_path"])
     for key in ("resume_checkpoint", "behavior_checkpoint", "base_checkpoint"):
-        value = config[key] if key in config.final_config_dict else None
+        value = _optional(config, key)
         if value and not os.path.isfile(value):
-            raise FileNotFoundError(f"{key} '{value}' is not a file")
+            raise InputError(f"{key} '{value}' is not a file")
     path = config["text_encoder_path"]
     if path and not os.path.isdir(path):
-        raise FileNotFoundError(f"text_encoder_path '{path}' is not a folder; it must name a local "
-                                "sentence-transformers or Hugging Face encoder folder")
+        raise InputError(f"text_encoder_path '{path}' is not a folder; it must name a local "
+                         "sentence-transformers or Hugging Face encoder folder")
+    if _optional(config, "resume_checkpoint"):
+        check_resume_checkpoint(config["resume_checkpoint"], config)
 
 
 def check_inputs(config) -> None:
     """Everything checkable before long work: model folders, pandas mode, atomic files."""
-    check_paths(config)
-    check_pandas_copy_on_write()
-    check_dataset_files(config)
+    try:
+        check_paths(config)
+        check_pandas_copy_on_write()
+        check_dataset_files(config)
+    except InputError:
+        raise
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        raise InputError(str(err)) from None
 
 
 def create_dataset(config, checked: bool = False):
@@ -61,39 +77,67 @@ def create_dataset(config, checked: bool = False):
     return dataset_class(config)
 
 
+def _check_splits(config, splits) -> None:
+    for name, data in zip(("train", "valid", "test"), splits):
+        if data is not None and len(data.dataset) == 0:
+            raise InputError(
+                f"dataset '{config['dataset']}': the {name} split is empty under eval_args "
+                f"{config['eval_args']}; change the split ratios or the filters "
+                "(user_inter_num_interval, item_inter_num_interval, ...)")
+
+
+def prepare_data(config, checked: bool = False):
+    """The dataset and its train/valid/test loaders; bad data or split settings
+    are an :class:`InputError` naming the dataset, never a traceback."""
+    init_seed(config["seed"], config["reproducibility"])
+    try:
+        dataset = create_dataset(config, checked)
+        getLogger().info(dataset)
+        splits = data_preparation(config, dataset)
+    except InputError:
+        raise
+    except _DATA_ERRORS as err:
+        raise InputError(f"dataset '{config['dataset']}' ({config['data_path']}): "
+                         f"{type(err).__name__}: {err}") from None
+    _check_splits(config, splits)
+    return dataset, splits
+
+
 def build(config, checked: bool = False):
     """Dataset, splits, model and trainer for a config: everything but training.
     ``checked``: :func:`check_inputs` already ran."""
-    init_seed(config["seed"], config["reproducibility"])
     logger = getLogger()
     if not checked:
         check_paths(config)
-    dataset = create_dataset(config, checked)
-    logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    dataset, (train_data, valid_data, test_data) = prepare_data(config, checked)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model_class = config.model_class  # what Config resolved (a wrapper specialised to its base)
-    model = model_class(config, train_data.dataset).to(config["device"])
+    try:
+        model = model_class(config, train_data.dataset).to(config["device"])
+    except InputError:
+        raise
+    except (ValueError, FileNotFoundError) as err:  # settings the model checks itself
+        raise InputError(f"model {config['model']}: {err}") from err
     logger.info(model)
     trainer = registry.get_trainer_class(config["model"], config["MODEL_TYPE"])(config, model)
     return dataset, (train_data, valid_data, test_data), model, trainer
 
 
 def run_recbole_llm(model=None, dataset=None, config_file_list=None, config_dict=None,
-                    saved=True):
-    """Train, validate, reload the best checkpoint and test; RecBole's result dict."""
-    try:  # setup: what fails here is the user's input, reported without a traceback
-        config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
-                        config_dict=config_dict)
-        set_cpu_threads(config["cpu_threads"])
-        init_seed(config["seed"], config["reproducibility"])
-        init_logger(config)
-        logger = getLogger()
-        logger.info(sys.argv)
-        logger.info(config)
-        check_inputs(config)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        raise InputError(str(err)) from err
+                    saved=True, argv=None):
+    """Train, validate, reload the best checkpoint and test; RecBole's result dict.
+
+    ``argv``: ``--key=value`` options (default: ``sys.argv[1:]``, as RecBole).
+    Bad input raises :class:`InputError` before any long work."""
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
+                    config_dict=config_dict, argv=argv)
+    set_cpu_threads(config["cpu_threads"])
+    init_seed(config["seed"], config["reproducibility"])
+    check_inputs(config)
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv if argv is None else argv)
+    logger.info(config)
 
     _, (train_data, valid_data, test_data), _, trainer = build(config, checked=True)
     if config["resume_checkpoint"]:
@@ -114,23 +158,24 @@ def run_recbole_llm(model=None, dataset=None, config_file_list=None, config_dict
     }
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Run a recbole-llm or RecBole model; any other --key=value "
-                    "overrides a config setting, as in RecBole.")
-    parser.add_argument("--model", "-m", type=str, default="BPR", help="model name")
-    parser.add_argument("--dataset", "-d", type=str, default="ml-100k", help="dataset name")
-    parser.add_argument("--config_files", type=str, default=None,
-                        help="space-separated yaml files, later ones win")
-    args, _ = parser.parse_known_args(argv)
-    return args
+USAGE = """usage: run_recbole_llm.py --model=NAME --dataset=NAME [--config_files="a.yaml b.yaml"] [--key=value ...]
+
+Runs a recbole-llm or RecBole model; every other --key=value overrides a
+setting, as in RecBole.  Defaults: --model=BPR --dataset=ml-100k."""
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    files = args.config_files.strip().split(" ") if args.config_files else None
+    """The command line; returns the exit status (2: bad input, nothing trained)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return 0
     try:
-        run_recbole_llm(model=args.model, dataset=args.dataset, config_file_list=files)
+        raw = parse_argv(argv)
+        files = raw.pop("config_files", "").split() or None
+        model, dataset = raw.pop("model", "BPR"), raw.pop("dataset", "ml-100k")
+        options = [f"--{k}={v}" for k, v in raw.items()]
+        run_recbole_llm(model=model, dataset=dataset, config_file_list=files, argv=options)
     except InputError as err:
         logging.shutdown()
         print(f"recbole-llm: error: {err}", file=sys.stderr)

@@ -8,6 +8,7 @@ BPR run).  Users add their own models with :func:`register`.
 """
 import importlib
 import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -27,6 +28,7 @@ class PluginModel:
     model: ClassRef
     dataset: Optional[ClassRef] = None  # None: RecBole's choice for the model type
     trainer: Optional[ClassRef] = None  # None: RecBole's choice for the model type
+    properties: tuple = ()  # the model's own yaml files (its hyper-parameters and defaults)
 
 
 def _resolve(ref: ClassRef) -> type:
@@ -40,17 +42,32 @@ _PLUGIN_MODELS: dict = {}
 
 
 def register(name: str, model: ClassRef, dataset: Optional[ClassRef] = None,
-             trainer: Optional[ClassRef] = None, replace: bool = False) -> PluginModel:
-    """Add a model to the registry (the plugin's own and users' models alike)."""
+             trainer: Optional[ClassRef] = None, replace: bool = False,
+             properties=()) -> PluginModel:
+    """Add a model to the registry (the plugin's own and users' models alike).
+
+    ``properties``: yaml file(s) declaring the model's hyper-parameters with
+    their defaults, layered like RecBole's ``properties/model/<Model>.yaml``
+    (so its keys are known options)."""
     if name in _PLUGIN_MODELS and not replace:
         raise ValueError(f"model '{name}' is already registered")
-    entry = PluginModel(name, model, dataset, trainer)
+    files = (properties,) if isinstance(properties, str) else tuple(properties)
+    for path in files:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"property file of model '{name}' not found: {path}")
+    entry = PluginModel(name, model, dataset, trainer, tuple(os.path.abspath(p) for p in files))
     _PLUGIN_MODELS[name] = entry
     return entry
 
 
 def unregister(name: str) -> None:
     _PLUGIN_MODELS.pop(name, None)
+
+
+def model_property_files(name: str) -> tuple:
+    """The yaml files registered with a model (none for RecBole's own)."""
+    entry = _PLUGIN_MODELS.get(name)
+    return entry.properties if entry else ()
 
 
 def plugin_model_names() -> list:

@@ -9,15 +9,25 @@ special trainers (KG, pre-training, ...) get it too.
 """
 import functools
 import os
+import random
+import uuid
 
+import numpy as np
 import torch
 from recbole.utils import set_color
+
+from recbole_llm.errors import InputError
 
 
 def _plain(value):
     """Config values reduced to types the weights-only unpickler accepts."""
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool) or value is None:
         return value
+    for kind in (str, int, float):  # subclasses (numpy floats, str enums) to the plain type
+        if isinstance(value, kind):
+            return kind(value)
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -32,6 +42,63 @@ def load_checkpoint(path, device="cpu"):
     return torch.load(path, map_location=device, weights_only=True)
 
 
+def check_resume_checkpoint(path, config) -> dict:
+    """A checkpoint to resume from: readable weights-only and written by the same
+    model on the same dataset; checked before any data loads."""
+    try:
+        checkpoint = load_checkpoint(path)
+    except FileNotFoundError:
+        raise InputError(f"resume_checkpoint '{path}' is not a file") from None
+    except Exception as err:  # torn file, pickled objects, not a torch file
+        raise InputError(f"resume_checkpoint '{path}' cannot be read weights-only "
+                         f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); it must be "
+                         "a checkpoint written by recbole-llm") from None
+    meta = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    if not isinstance(meta, dict) or "state_dict" not in checkpoint:
+        raise InputError(f"resume_checkpoint '{path}' is not a recbole-llm checkpoint")
+    for key in ("model", "dataset"):
+        if str(meta.get(key, "")).lower() != str(config[key]).lower():
+            raise InputError(f"resume_checkpoint '{path}' was written for {key} "
+                             f"'{meta.get(key)}', this run has '{config[key]}'")
+    return checkpoint
+
+
+def rng_state(loader=None) -> dict:
+    """Every random state a training epoch draws from, as plain tensors and lists."""
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                       int(np_state[2]), int(np_state[3]), float(np_state[4])],
+             "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    generator = getattr(loader, "generator", None)
+    if isinstance(generator, torch.Generator):
+        state["loader"] = generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict, loader=None) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generator = getattr(loader, "generator", None)
+    if "loader" in state and isinstance(generator, torch.Generator):
+        generator.set_state(state["loader"])
+
+
+def unique_checkpoint_name(model: str) -> str:
+    """``Model-<time>-<pid>-<random>.pth``: two runs started in the same second
+    never write the same file (RecBole's names have one-second resolution)."""
+    from recbole.utils import get_local_time
+
+    return f"{model}-{get_local_time()}-{os.getpid()}-{uuid.uuid4().hex[:6]}.pth"
+
+
 def save_checkpoint(state, path):
     """Write then rename, so an interrupted save never leaves a torn file."""
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -40,7 +107,27 @@ def save_checkpoint(state, path):
 
 
 class WeightsOnlyCheckpointMixin:
-    """Overrides RecBole's checkpoint save/resume/reload with safe equivalents."""
+    """Overrides RecBole's checkpoint save/resume/reload with safe equivalents.
+
+    A checkpoint also holds the optimizer, the best validation result and every
+    random state (torch, NumPy, Python, the training loader's shuffling), so a
+    killed run resumed from it trains exactly as an uninterrupted one.
+    """
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.saved_model_file = os.path.join(self.checkpoint_dir,
+                                             unique_checkpoint_name(config["model"]))
+        self._train_loader = None
+        self._resumed_rng = None
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
+            callback_fn=None):
+        self._train_loader = train_data
+        if self._resumed_rng is not None:
+            set_rng_state(self._resumed_rng, train_data)
+            self._resumed_rng = None
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
     def _checkpoint_state(self, epoch):
         return {
@@ -53,6 +140,8 @@ class WeightsOnlyCheckpointMixin:
             "state_dict": self.model.state_dict(),
             "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
+            "best_valid_result": _plain(self.best_valid_result),
+            "rng": rng_state(self._train_loader),
         }
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
@@ -65,12 +154,8 @@ class WeightsOnlyCheckpointMixin:
 
     def resume_checkpoint(self, resume_file):
         resume_file = str(resume_file)
-        checkpoint = load_checkpoint(resume_file, self.device)
-        if checkpoint["config"]["model"].lower() != self.config["model"].lower():
-            raise ValueError(
-                f"checkpoint {resume_file} was written by model "
-                f"'{checkpoint['config']['model']}', not '{self.config['model']}'"
-            )
+        checkpoint = check_resume_checkpoint(resume_file, self.config)  # on the CPU; the
+        # model and the optimizer copy each tensor to its parameter's device
         self.saved_model_file = resume_file
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
@@ -78,6 +163,8 @@ class WeightsOnlyCheckpointMixin:
         self.model.load_state_dict(checkpoint["state_dict"])
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.best_valid_result = checkpoint.get("best_valid_result")
+        self._resumed_rng = checkpoint.get("rng")
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
 
     def load_model_weights(self, checkpoint_file):

@@ -76,9 +76,11 @@ def test_errors_after_setup_keep_their_traceback(monkeypatch, tmp_path):
         def calculate_loss(self, interaction):
             raise ValueError("a bug inside training")
 
-    registry.register("Broken", Broken)
+    defaults = tmp_path / "Broken.yaml"  # the model's own property file (no BPR.yaml)
+    defaults.write_text("embedding_size: 8  # (int) width of the user and item tables\n")
+    registry.register("Broken", Broken, properties=str(defaults))
     user = tmp_path / "tiny.yaml"
-    user.write_text(yaml.safe_dump(dict(ML_TINY, epochs=1, embedding_size=8)))  # no BPR.yaml
+    user.write_text(yaml.safe_dump(dict(ML_TINY, epochs=1)))
     try:
         monkeypatch.setattr(sys, "argv", ["x", "--model=Broken", "--dataset=ml-tiny",
                                           f"--config_files={user}"])

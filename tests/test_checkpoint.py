@@ -1,3 +1,4 @@
+import os
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ def test_resume_refuses_another_models_checkpoint():
     result = run_recbole_llm(model="BPR", dataset="ml-tiny", config_dict=dict(ML_TINY, epochs=1))
     config = Config(model="LightGCN", dataset="ml-tiny", config_dict=dict(ML_TINY, epochs=1))
     _, _, _, trainer = build(config)
-    with pytest.raises(ValueError, match="written by model 'BPR'"):
+    with pytest.raises(ValueError, match="written for model 'BPR'"):
         trainer.resume_checkpoint(result["saved_model_file"])
 
 
@@ -65,3 +66,37 @@ def test_item_embeddings_from_a_plugin_checkpoint():
     assert emb.shape == (n_items, 64) and (emb == state["item_embedding.weight"].numpy()).all()
     with pytest.raises(ValueError, match="rows, the dataset"):
         checkpoint_item_embeddings(result["saved_model_file"], n_items + 1)
+
+
+def _bpr_ml100k(tmp_path, epochs, resume=None):
+    config = Config(model="BPR", dataset="ml-100k", config_dict={
+        "epochs": epochs, "stopping_step": 100, "state": "WARNING", "show_progress": False,
+        "checkpoint_dir": str(tmp_path / "saved")})
+    _, (train, valid, _), model, trainer = build(config)
+    if resume:
+        trainer.resume_checkpoint(resume)
+    trainer.fit(train, valid, saved=True)
+    return trainer, model
+
+
+def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
+    """Stopping after epoch 2 and resuming from its checkpoint gives the same
+    losses and weights as four epochs in one go (optimizer, shuffling and
+    negative-sampling random states all restored)."""
+    whole, whole_model = _bpr_ml100k(tmp_path, epochs=4)
+    first, _ = _bpr_ml100k(tmp_path, epochs=2)
+    checkpoint = load_checkpoint(first.saved_model_file)
+    assert checkpoint["epoch"] == 1, "validation did not improve at epoch 2: nothing to resume"
+    resumed, resumed_model = _bpr_ml100k(tmp_path, epochs=4, resume=first.saved_model_file)
+    assert resumed.start_epoch == 2
+    assert [resumed.train_loss_dict[e] for e in (2, 3)] == [whole.train_loss_dict[e] for e in (2, 3)]
+    for name, tensor in whole_model.state_dict().items():
+        assert torch.equal(tensor, resumed_model.state_dict()[name]), name
+
+
+def test_checkpoint_names_are_unique_per_run():
+    config = Config(model="BPR", dataset="ml-tiny", config_dict=dict(ML_TINY, epochs=1))
+    _, _, model, trainer = build(config)
+    other = type(trainer)(config, model)
+    assert trainer.saved_model_file != other.saved_model_file
+    assert os.path.basename(trainer.saved_model_file).startswith("BPR-")

@@ -4,6 +4,7 @@ import pytest
 
 from conftest import ML_TINY
 from recbole_llm.config import Config
+from recbole_llm.errors import InputError
 
 
 def test_plugin_files_layer_under_user_files(tmp_path):
@@ -47,7 +48,7 @@ def test_unknown_option_allowed_when_strictness_is_off(monkeypatch):
 
 
 def test_missing_user_file_and_missing_model():
-    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+    with pytest.raises(InputError, match="config file not found: nope.yaml"):
         Config(model="BPR", dataset="ml-100k", config_file_list=["nope.yaml"])
     with pytest.raises(ValueError, match="no model given"):
         Config(dataset="ml-100k")
