@@ -9,6 +9,7 @@ import torch
 
 from conftest import ML_TINY
 from recbole_llm.config import Config
+from recbole_llm.errors import InputError
 from recbole_llm.llm.backbone import (add_tokens, apply_tuning, count_trainable, load_backbone,
                                       small_llama, train_tokenizer)
 from recbole_llm.llm.cache import Cache
@@ -152,11 +153,18 @@ def test_backbone_from_local_folder_and_clear_errors(tmp_path, tiny_lm):
     tok.save_pretrained(folder)
     loaded, loaded_tok = load_backbone(_config(llm_path=str(folder)))
     assert loaded.config.hidden_size == 32 and loaded_tok.padding_side == "left"
-    with pytest.raises(FileNotFoundError, match="llm_path '.*nowhere' is not a folder"):
+    with pytest.raises(InputError, match="llm_path '.*nowhere' is not a folder"):
         load_backbone(_config(llm_path=str(tmp_path / "nowhere")))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(InputError, match="no config.json"):
         load_backbone(_config(llm_path=str(tmp_path / "empty")))
+    partial = tmp_path / "partial"
+    model.config.save_pretrained(partial)
+    with pytest.raises(InputError, match="has no tokenizer"):
+        load_backbone(_config(llm_path=str(partial)))
+    tok.save_pretrained(partial)
+    with pytest.raises(InputError, match="has no weights"):
+        load_backbone(_config(llm_path=str(partial)))
 
 
 def test_small_default_backbone_tokenizer_is_cached(tmp_path):

@@ -18,13 +18,30 @@ SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
                   "unk_token": "<unk>"}
 
 
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model",
+                    "vocab.txt")
+
+
 def check_llm_path(path: str) -> None:
+    """``llm_path`` is a complete local model folder: config, tokenizer and weights
+    (checked before any data loads; ``from_pretrained`` would fail late or try
+    to download what is missing)."""
+    from recbole_llm.errors import InputError
+
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"llm_path '{path}' is not a folder; it must name a local "
-                                "Hugging Face model folder (config.json, weights, tokenizer)")
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"llm_path '{path}' has no config.json: not a Hugging Face "
-                                "model folder")
+        raise InputError(f"llm_path '{path}' is not a folder; it must name a local "
+                         "Hugging Face model folder (config.json, weights, tokenizer)")
+    files = set(os.listdir(path))
+    if "config.json" not in files:
+        raise InputError(f"llm_path '{path}' has no config.json: not a Hugging Face model folder")
+    if not files & set(_TOKENIZER_FILES):
+        raise InputError(f"llm_path '{path}' has no tokenizer (one of {', '.join(_TOKENIZER_FILES)}); "
+                         "save it with tokenizer.save_pretrained(path)")
+    if not files & set(_WEIGHT_FILES):
+        raise InputError(f"llm_path '{path}' has no weights (one of {', '.join(_WEIGHT_FILES)}); "
+                         "save them with model.save_pretrained(path)")
 
 
 def train_tokenizer(texts, vocab_size: int = 2000, save_dir: str = None):
@@ -91,7 +108,13 @@ def load_backbone(config, corpus=None, cache: Cache = None):
     else:
         tmp = f"{tok_dir}.tmp-{os.getpid()}"
         tokenizer = train_tokenizer(corpus, vocab, tmp)
-        os.replace(tmp, tok_dir)
+        try:
+            os.replace(tmp, tok_dir)
+        except OSError:  # a concurrent run stored the same tokenizer first: keep theirs
+            if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
+                raise
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
     model = small_llama(len(tokenizer), hidden=config["llm_hidden_size"],
                         layers=config["llm_num_layers"], heads=config["llm_num_heads"],
                         max_positions=config["llm_max_positions"],

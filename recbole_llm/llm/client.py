@@ -3,12 +3,14 @@
 Llama4Rec (augmentation) and EIMF (semantic interests) ask an LLM for text.
 ``LocalClient`` runs the shared backbone; ``OpenAIClient`` talks to any
 OpenAI-compatible endpoint (vLLM, Ollama, ...) with batching, retries with
-exponential back-off and a timeout.  ``CachedClient`` stores every answer on
+exponential back-off, a total deadline per request and no redirects (the
+API key goes to ``api_base`` only).  ``CachedClient`` stores every answer on
 disk keyed by (client identity, prompt, decoding settings), so a re-run or a
 resumed run never asks again.  The API key is read from an environment
 variable at request time and is never logged, cached or checkpointed.
 """
 import hashlib
+import http.client
 import json
 import os
 import time
@@ -52,14 +54,36 @@ class LLMServerError(RuntimeError):
     pass
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Turns every 3xx into an ``HTTPError``: following one would re-send the
+    ``Authorization`` header to whatever host the server names."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def _text(value) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string answer, got {type(value).__name__}")
+    return value
+
+
 class OpenAIClient(LLMClient):
-    """``POST {api_base}/completions`` (prompts batched) or ``/chat/completions``."""
+    """``POST {api_base}/completions`` (prompts batched) or ``/chat/completions``.
+
+    Each attempt has a total deadline of ``timeout`` seconds (socket timeouts
+    alone are per read, so a server dribbling bytes could hold a call forever).
+    429, 5xx, network errors, timeouts and malformed 200 answers are retried
+    with exponential back-off; other 4xx and any redirect fail at once.
+    """
 
     def __init__(self, api_base: str, model: str, api_key_env: str = "OPENAI_API_KEY",
                  mode: str = "completions", batch_size: int = 16, timeout: float = 60.0,
                  max_retries: int = 4, backoff: float = 1.0):
         if mode not in ("completions", "chat"):
             raise ValueError(f"llm_api_mode must be 'completions' or 'chat', not '{mode}'")
+        if not api_base.startswith(("http://", "https://")):
+            raise ValueError(f"llm_api_base must be an http(s) URL, not '{api_base}'")
         self.api_base, self.model, self.api_key_env = api_base.rstrip("/"), model, api_key_env
         self.mode, self.batch_size, self.timeout = mode, batch_size, timeout
         self.max_retries, self.backoff = max_retries, backoff
@@ -68,26 +92,62 @@ class OpenAIClient(LLMClient):
     def identity(self) -> str:
         return f"openai:{self.api_base}:{self.model}:{self.mode}"
 
-    def _post(self, path: str, body: dict) -> dict:
+    def _read_body(self, response, deadline: float) -> bytes:
+        """The whole body, or ``TimeoutError`` once ``deadline`` (monotonic) passes."""
+        chunks = []
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no complete answer within {self.timeout:g} s")
+            # each read waits at most the time left (best effort: private attributes)
+            sock = getattr(getattr(response.fp, "raw", None), "_sock", None)
+            if sock is not None:
+                sock.settimeout(left)
+            chunk = response.read1(65536)  # read1: one socket read, so the deadline is checked
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+    def _post(self, path: str, body: dict, parse):
+        """``parse(json_reply)`` of the server's answer; ``parse`` raising
+        ``ValueError``/``LookupError``/``TypeError`` marks the answer malformed."""
+        url = self.api_base + path
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
+
+        def fail(message):  # the key never reaches a message, even if a server echoes it
+            return LLMServerError(message.replace(key, "***") if key else message)
+
         data = json.dumps(body).encode()
+        opener = urllib.request.build_opener(_RefuseRedirects)
         for attempt in range(self.max_retries + 1):
-            request = urllib.request.Request(self.api_base + path, data=data, headers=headers)
+            last, tries = attempt == self.max_retries, f"after {attempt + 1} attempt(s)"
+            request = urllib.request.Request(url, data=data, headers=headers)
+            deadline = time.monotonic() + self.timeout
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read().decode())
+                with opener.open(request, timeout=self.timeout) as response:
+                    raw = self._read_body(response, deadline)
             except urllib.error.HTTPError as err:
-                retryable = err.code == 429 or err.code >= 500
-                if not retryable or attempt == self.max_retries:
-                    raise LLMServerError(f"{self.api_base}{path} answered HTTP {err.code} "
-                                         f"({err.reason}) after {attempt + 1} attempt(s)") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                if attempt == self.max_retries:
-                    raise LLMServerError(f"{self.api_base}{path} unreachable after "
-                                         f"{attempt + 1} attempt(s): {err}") from None
+                err.close()
+                if 300 <= err.code < 400:
+                    raise fail(f"{url} answered HTTP {err.code} redirecting to "
+                               f"{err.headers.get('Location')!r}; redirects are refused") from None
+                if last or (err.code != 429 and err.code < 500):
+                    raise fail(f"{url} answered HTTP {err.code} ({err.reason}) {tries}") from None
+            except (OSError, http.client.HTTPException) as err:  # URLError, timeouts, resets
+                if last:
+                    what = "timed out" if isinstance(err, TimeoutError) else "unreachable"
+                    raise fail(f"{url} {what} {tries}: {err}") from None
+            else:
+                try:
+                    return parse(json.loads(raw))
+                except (ValueError, LookupError, TypeError) as err:
+                    if last:
+                        snippet = raw[:200].decode("utf-8", "replace")
+                        raise fail(f"{url} sent a malformed answer {tries} ({err}); "
+                                   f"the body starts {snippet!r}") from None
             time.sleep(self.backoff * 2 ** attempt)
         raise AssertionError("unreachable")
 
@@ -95,23 +155,23 @@ class OpenAIClient(LLMClient):
         out = []
         if self.mode == "chat":
             for prompt in prompts:
-                reply = self._post("/chat/completions", {
+                out.append(self._post("/chat/completions", {
                     "model": self.model, "max_tokens": max_new_tokens, "temperature": temperature,
-                    "messages": [{"role": "user", "content": prompt}]})
-                out.append(reply["choices"][0]["message"]["content"])
+                    "messages": [{"role": "user", "content": prompt}]},
+                    lambda reply: _text(reply["choices"][0]["message"]["content"])))
             return out
         for start in range(0, len(prompts), self.batch_size):
             chunk = list(prompts[start:start + self.batch_size])
-            reply = self._post("/completions", {"model": self.model, "prompt": chunk,
-                                                "max_tokens": max_new_tokens,
-                                                "temperature": temperature})
-            texts = [None] * len(chunk)
-            for choice in reply["choices"]:
-                texts[choice["index"]] = choice["text"]
-            if any(t is None for t in texts):
-                raise LLMServerError(f"{self.api_base}/completions returned "
-                                     f"{len(reply['choices'])} choices for {len(chunk)} prompts")
-            out.extend(texts)
+
+            def parse(reply, n=len(chunk)):
+                texts = {choice["index"]: _text(choice["text"]) for choice in reply["choices"]}
+                if sorted(texts) != list(range(n)):
+                    raise ValueError(f"{len(reply['choices'])} choices for {n} prompts")
+                return [texts[i] for i in range(n)]
+
+            out.extend(self._post("/completions", {"model": self.model, "prompt": chunk,
+                                                   "max_tokens": max_new_tokens,
+                                                   "temperature": temperature}, parse))
         return out
 
 
@@ -119,7 +179,8 @@ class CachedClient(LLMClient):
     """Answers stored one JSON line each in ``<cache>/llm-answers.jsonl``.
 
     Appending whole lines makes the store resumable: a run killed mid-way
-    keeps every answer already written, and a torn last line is ignored.
+    keeps every answer already written, and a torn line is ignored (and ended
+    before the next append, so later records stay readable).
     """
 
     def __init__(self, client: LLMClient, cache_dir: str, flush_every: int = 8,
@@ -137,14 +198,28 @@ class CachedClient(LLMClient):
     def _read(self) -> dict:
         answers = {}
         if os.path.isfile(self.path):
-            with open(self.path, encoding="utf-8") as f:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
                 for line in f:
                     try:
                         record = json.loads(line)
                         answers[record["k"]] = record["v"]
-                    except (json.JSONDecodeError, KeyError):
+                    except (ValueError, LookupError, TypeError):
                         continue  # torn write
         return answers
+
+    def _append(self, answers: dict) -> None:
+        """Append one line per answer.  A killed run may have left a torn last line
+        without its newline; it is ended first, or the next record would be glued
+        onto it and lost on reading.  Created with ``open()``'s usual mode."""
+        data = "".join(json.dumps({"k": k, "v": v}) + "\n" for k, v in answers.items()).encode()
+        with open(self.path, "a+b") as f:
+            end = f.seek(0, os.SEEK_END)
+            if end:
+                f.seek(end - 1)
+                if f.read(1) != b"\n":
+                    data = b"\n" + data
+            f.write(data)  # one write: whole lines even with a concurrent appender
+        self.answers.update(answers)
 
     def _key(self, prompt, max_new_tokens, temperature) -> str:
         text = json.dumps([self.client.identity, prompt, max_new_tokens, temperature])
@@ -162,10 +237,7 @@ class CachedClient(LLMClient):
             chunk = unique[start:start + self.flush_every]
             texts = self.client.complete([prompts[i] for i in chunk], max_new_tokens, temperature)
             self.calls += len(chunk)
-            with open(self.path, "a", encoding="utf-8") as f:
-                for i, text in zip(chunk, texts):
-                    self.answers[keys[i]] = text
-                    f.write(json.dumps({"k": keys[i], "v": text}) + "\n")
+            self._append({keys[i]: text for i, text in zip(chunk, texts)})
         return [self.answers[k] for k in keys]
 
 
