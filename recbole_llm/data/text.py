@@ -102,6 +102,17 @@ class ItemTextMixin:
             self._text_cache["ratings"] = {(int(u), int(i)): float(r) for (u, i), r in table.items()}
         super()._set_label_by_threshold()
 
+    def content_fingerprint_parts(self):
+        """What ``recbole_llm.fingerprint.dataset_fingerprint`` adds for text
+        datasets: the item text and the raw ratings, which RecBole's feature
+        tables do not hold."""
+        import json
+
+        yield json.dumps(self.item_texts()).encode()
+        ratings = self._text_cache.get("ratings")
+        if ratings:
+            yield json.dumps(sorted(ratings.items())).encode()
+
     def has_ratings(self) -> bool:
         return self._text_cache.get("ratings") is not None
 

@@ -12,7 +12,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from recbole_llm.fingerprint import path_fingerprint
 from recbole_llm.llm.cache import Cache
+
+MAX_LENGTH = 256  # tokens per item text (all-MiniLM-L6-v2's limit)
 
 
 def default_encoder_path() -> str:
@@ -25,7 +28,7 @@ def default_encoder_path() -> str:
 
 
 class TextEncoder:
-    def __init__(self, path: str = None, max_length: int = 256, device: str = "cpu"):
+    def __init__(self, path: str = None, max_length: int = MAX_LENGTH, device: str = "cpu"):
         from transformers import AutoModel, AutoTokenizer
 
         self.path = path or default_encoder_path()
@@ -60,16 +63,22 @@ class TextEncoder:
         return result
 
 
+def text_embedding_key(cache: Cache, texts, encoder_path: str) -> str:
+    """The texts, the encoder folder's content and the token limit: all that
+    shapes the embeddings."""
+    return cache.key("item-text-emb", texts=list(texts), encoder=path_fingerprint(encoder_path),
+                     max_length=MAX_LENGTH)
+
+
 def item_text_embeddings(dataset, config, cache: Cache = None) -> np.ndarray:
     """``[n_items, dim]`` embeddings of ``dataset.item_texts()`` (row 0 zeros), cached."""
     cache = cache or Cache.from_config(config)
     texts = dataset.item_texts()
     path = config["text_encoder_path"] or default_encoder_path()
-    key = cache.key("item-text-emb", dataset=config["dataset"], fields=config["item_text_fields"],
-                    encoder=os.path.basename(os.path.normpath(path)), texts=texts)
+    key = text_embedding_key(cache, texts, path)
 
     def compute():
-        encoder = TextEncoder(path)
+        encoder = TextEncoder(path, max_length=MAX_LENGTH)
         emb = encoder.encode(texts[1:], batch_size=config["text_encoder_batch_size"],
                              show_progress=config["show_progress"])
         return {"emb": np.vstack([np.zeros((1, emb.shape[1]), np.float32), emb])}

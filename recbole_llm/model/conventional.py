@@ -7,7 +7,6 @@ trained by RecBole's own ``Trainer``, and its item table is cached under a key
 of the training data and every setting that shapes it.
 """
 import copy
-import hashlib
 import os
 
 import numpy as np
@@ -17,6 +16,7 @@ from recbole.data.dataloader import TrainDataLoader
 from recbole.trainer import Trainer
 
 from recbole_llm import registry
+from recbole_llm.fingerprint import dataset_fingerprint, recbole_settings
 from recbole_llm.llm.cache import Cache
 
 
@@ -27,14 +27,6 @@ def _recbole_defaults(config, model_name: str) -> dict:
         return {}
     with open(path, encoding="utf-8") as f:
         return yaml.load(f, Loader=config.yaml_loader) or {}
-
-
-def data_fingerprint(dataset) -> str:
-    """Hash of the (user, item) pairs a dataset holds, to key derived results."""
-    digest = hashlib.sha256()
-    for field in (dataset.uid_field, dataset.iid_field):
-        digest.update(np.ascontiguousarray(np.asarray(dataset.inter_feat[field])).tobytes())
-    return digest.hexdigest()[:20]
 
 
 # Training settings the conventional model takes from RecBole, not from the
@@ -80,6 +72,12 @@ def checkpoint_item_embeddings(path: str, n_items: int) -> np.ndarray:
     return emb
 
 
+def item_embedding_key(cache: Cache, sub_config, dataset, model_name: str) -> str:
+    """Every setting RecBole's model and trainer can read, and the training data."""
+    return cache.key("item-emb", model=model_name, settings=recbole_settings(sub_config, model_name),
+                     data=dataset_fingerprint(dataset))
+
+
 def train_item_embeddings(config, dataset, model_name: str, epochs: int, overrides: dict = None,
                           cache: Cache = None) -> np.ndarray:
     """Item embedding table ``[n_items, d]`` of a RecBole sequential model trained
@@ -92,12 +90,10 @@ def train_item_embeddings(config, dataset, model_name: str, epochs: int, overrid
         raise ValueError(f"{model_name} as an embedding source must use loss_type CE "
                          "(no negative sampler is built for it)")
     cache = cache or Cache.from_config(config)
-    key = cache.key("item-emb", dataset=config["dataset"], model=model_name, settings=overrides,
-                    seed=config["seed"], max_len=config["MAX_ITEM_LIST_LENGTH"],
-                    data=data_fingerprint(dataset))
+    sub = conventional_config(config, model_name, overrides)
+    key = item_embedding_key(cache, sub, dataset, model_name)
 
     def compute():
-        sub = conventional_config(config, model_name, overrides)
         model = model_class(sub, dataset).to(sub["device"])
         if not hasattr(model, "item_embedding"):
             raise ValueError(f"{model_name} has no item_embedding table to take embeddings from")

@@ -35,8 +35,8 @@ from recbole_llm.llm.encoder import item_text_embeddings
 from recbole_llm.llm.generation import constrained_beam_search, to_full_sort_scores
 from recbole_llm.llm.prompts import (Template, answer_lm_loss, answer_logprob, inference_batch,
                                      training_batch)
-from recbole_llm.model.conventional import (checkpoint_item_embeddings, data_fingerprint,
-                                            train_item_embeddings)
+from recbole_llm.fingerprint import array_fingerprint
+from recbole_llm.model.conventional import checkpoint_item_embeddings, train_item_embeddings
 from recbole_llm.model.layers import MLPProjector, info_nce
 from recbole_llm.tokenization import ItemIndex, hierarchical_kmeans
 
@@ -64,6 +64,12 @@ def build_dual_source_codes(sem: np.ndarray, beh: np.ndarray, composition: str, 
     else:
         raise ValueError(f"index_composition must be one of {COMPOSITIONS}, not '{composition}'")
     return codes, prefixes
+
+
+def index_key(cache, sem: np.ndarray, beh: np.ndarray, settings: dict) -> str:
+    """The index is a function of the two embedding tables and its settings."""
+    return cache.key("eager-index", sem=array_fingerprint(sem), beh=array_fingerprint(beh),
+                     **settings)
 
 
 class EAGERLLM(SequentialRecommender):
@@ -133,10 +139,7 @@ class EAGERLLM(SequentialRecommender):
                         beh_levels=config["index_behavior_levels"],
                         iters=config["index_kmeans_iters"], seed=config["seed"],
                         collision=config["index_collision"])
-        key = cache.key("eager-index", dataset=config["dataset"], data=data_fingerprint(dataset),
-                        behavior=config["behavior_model"], behavior_args=config["behavior_model_args"],
-                        behavior_epochs=config["behavior_epochs"],
-                        behavior_checkpoint=config["behavior_checkpoint"], **settings)
+        key = index_key(cache, sem, beh, settings)
         if cache.has_arrays(key):
             return ItemIndex.load(cache, key)
         codes, prefixes = build_dual_source_codes(

@@ -32,7 +32,7 @@ from recbole_llm.llm.backbone import add_tokens, answer_token_ids, apply_tuning,
 from recbole_llm.llm.cache import Cache
 from recbole_llm.llm.encoder import item_text_embeddings
 from recbole_llm.llm.prompts import Template, inference_batch, position_ids
-from recbole_llm.model.conventional import data_fingerprint
+from recbole_llm.fingerprint import dataset_fingerprint
 
 PREF_TOKEN = "[PREF]"
 
@@ -179,6 +179,18 @@ def pretrain_gat(expert, graph, users, items, labels, epochs, lr, weight_decay, 
 
 
 # ----------------------------------------------------------------- the model
+def gat_settings(config) -> dict:
+    """The expert's settings: every ``gat_*`` key."""
+    return {k: v for k, v in config.final_config_dict.items() if k.startswith("gat_")}
+
+
+def gat_key(cache, config, dataset) -> str:
+    """The expert reads only its settings, the seed and the dataset (labels after
+    thresholding, ratings, times, item features)."""
+    return cache.key("elcorec-gat", data=dataset_fingerprint(dataset), seed=config["seed"],
+                     settings=gat_settings(config))
+
+
 class ELCoRec(AbstractRecommender):
     type = ModelType.CONTEXT
     input_type = InputType.POINTWISE
@@ -243,11 +255,8 @@ class ELCoRec(AbstractRecommender):
         self.text_emb = emb
 
     def _gat_user_embeddings(self, dataset, config, cache) -> torch.Tensor:
-        settings = {k: config[k] for k in ("gat_dim", "gat_layers", "gat_heads", "gat_epochs",
-                                           "gat_learning_rate", "gat_weight_decay",
-                                           "gat_batch_size", "gat_patience", "gat_time_buckets")}
-        key = cache.key("elcorec-gat", dataset=config["dataset"], data=data_fingerprint(dataset),
-                        seed=config["seed"], **settings)
+        settings = gat_settings(config)
+        key = gat_key(cache, config, dataset)
 
         def compute():
             graph, _ = build_hetero_graph(dataset, settings["gat_time_buckets"])

@@ -10,39 +10,44 @@
 4. Evaluation: the LLM re-ranks the conventional model's top-N with
    adaptive aggregation (``Llama4Rec.full_sort_predict``).
 """
-import hashlib
 import os
 
 import numpy as np
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
+from recbole_llm.fingerprint import (dataset_fingerprint, path_fingerprint, recbole_settings,
+                                     settings_fingerprint)
 from recbole_llm.llm.client import client_from_config
-from recbole_llm.model.conventional import _recbole_defaults, data_fingerprint
 from recbole_llm.model.llama4rec import (LabelChooser, _load_state_arrays, _state_arrays,
                                          forget_cached_outputs)
 from recbole_llm.trainer import WeightsOnlyCheckpointMixin, load_checkpoint, with_weights_only_checkpoints
 
-# settings of RecBole's trainer that shape the conventional model
-_BASE_TRAINING_KEYS = ("epochs", "train_batch_size", "learner", "learning_rate", "weight_decay",
-                       "stopping_step", "eval_step", "valid_metric", "train_neg_sample_args",
-                       "MAX_ITEM_LIST_LENGTH", "eval_args", "clip_grad_norm", "reproducibility")
-_IT_KEYS = ("it_tasks", "it_samples_per_task", "it_min_history", "listwise_max_answer",
-            "llm_epochs", "llm_batch_size", "llm_learning_rate", "llm_weight_decay",
-            "llm_max_prompt_tokens", "rerank_topn", "prompt_augmentation", "prompt_history_items",
-            "prompt_similar_items", "prompt_base_items", "item_name_max_chars",
-            "llama4rec_next_item_template", "llama4rec_listwise_template",
-            "llama4rec_rating_template", "llama4rec_similar_text", "llama4rec_base_text",
-            "llama4rec_base_rating_text",
-            "llm_path", "llm_tuning", "llm_vocab_size", "llm_hidden_size", "llm_num_layers",
-            "llm_num_heads", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-            "prompt_item_field")
+# Keys that act only after instruction tuning (aggregation at serving time,
+# augmentation of the conventional model's data) or only in evaluation; every
+# other setting keys the tuned LLM (see recbole_llm.fingerprint).
+_AFTER_TUNING = ("adaptive_alpha", "alpha1", "alpha2", "fixed_alpha",
+                 "long_tail_transform", "utility_c", "data_augmentation", "aug_users",
+                 "aug_candidates", "aug_decoding", "aug_max_new_tokens", "aug_warm_start",
+                 "metrics", "topk", "valid_metric", "valid_metric_bigger", "eval_type",
+                 "base_checkpoint")
+
+
+def base_key(cache, config, train_dataset) -> str:
+    """The conventional model on D: RecBole's settings for it and the training data."""
+    return cache.key("llama4rec-base", base=config["base_model"],
+                     data=dataset_fingerprint(train_dataset),
+                     settings=recbole_settings(config, config["base_model"]))
+
+
+def tuned_llm_key(cache, config, train_dataset, base_id: str) -> str:
+    """The instruction-tuned LLM: every setting but those acting after tuning, the
+    training data (with item text) and the conventional model it was prompted with."""
+    return cache.key("llama4rec-llm", base=base_id, data=dataset_fingerprint(train_dataset),
+                     settings=settings_fingerprint(config, exclude=_AFTER_TUNING))
 
 
 class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
-    def _settings(self, keys) -> dict:
-        return {k: self.config[k] for k in keys}
-
     def _conventional_model(self, train_data, valid_data, show_progress) -> str:
         """Train (or load) the conventional model on D; returns its cache identity."""
         config, model = self.config, self.model
@@ -57,13 +62,9 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
             except RuntimeError as err:
                 raise ValueError(f"base_checkpoint {path} does not fit base_model "
                                  f"{config['base_model']} on this dataset: {err}") from None
-            with open(path, "rb") as f:
-                return "ckpt-" + hashlib.sha256(f.read()).hexdigest()[:16]
+            return "ckpt-" + path_fingerprint(path)
         cache = model.cache
-        base_keys = sorted(_recbole_defaults(config, config["base_model"]))
-        key = cache.key("llama4rec-base", dataset=config["dataset"], base=config["base_model"],
-                        data=data_fingerprint(train_data.dataset), seed=config["seed"],
-                        settings=self._settings(tuple(base_keys) + _BASE_TRAINING_KEYS))
+        key = base_key(cache, config, train_data.dataset)
         if cache.has_arrays(key):
             _load_state_arrays(model.base, cache.load_arrays(key))
             self.logger.info(f"conventional model {config['base_model']} on D: cached ({key})")
@@ -85,10 +86,9 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
             callback_fn=None):
         config, model = self.config, self.model
         model.rerank = False
-        base_key = self._conventional_model(train_data, valid_data, show_progress)
+        base_id = self._conventional_model(train_data, valid_data, show_progress)
         model._context_cache = None
-        llm_key = model.cache.key("llama4rec-llm", dataset=config["dataset"], base=base_key,
-                                  seed=config["seed"], settings=self._settings(_IT_KEYS))
+        llm_key = tuned_llm_key(model.cache, config, train_data.dataset, base_id)
         info = model.instruction_tune(llm_key, show_progress)
         self.logger.info(f"instruction tuning: loss per epoch {np.round(info['loss'], 4).tolist()}"
                          + (" (cached)" if info["cached"] else f", {info['samples']} samples"))
@@ -110,9 +110,10 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
             self.logger.info(f"data augmentation: {stats['prompts']} prompts, {stats['valid']} valid "
                              f"answers, {stats['dropped']} dropped (no valid candidate named), "
                              f"{stats['rows']} training rows added to {model.train_rows}")
-            key = model.cache.key("llama4rec-base-aug", base=base_key, llm=llm_key,
+            key = model.cache.key("llama4rec-base-aug", base=base_id, llm=llm_key,
                                   rows=model.augmented_fingerprint(),
-                                  settings=self._settings(("aug_warm_start",) + _BASE_TRAINING_KEYS))
+                                  warm_start=config["aug_warm_start"],
+                                  settings=recbole_settings(config, config["base_model"]))
             if model.cache.has_arrays(key):  # e.g. an ablation that changes only the aggregation
                 _load_state_arrays(model.base, model.cache.load_arrays(key))
                 self.logger.info(f"conventional model on D': cached ({key})")
