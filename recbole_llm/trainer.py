@@ -102,8 +102,13 @@ def unique_checkpoint_name(model: str) -> str:
 def save_checkpoint(state, path):
     """Write then rename, so an interrupted save never leaves a torn file."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)  # a failed or interrupted save leaves no litter
+        raise
 
 
 class WeightsOnlyCheckpointMixin:

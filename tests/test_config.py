@@ -62,3 +62,33 @@ def test_user_dataset_settings(tmp_path):
     with pytest.raises(ValueError, match="should be None when the loss_type is CE"):
         Config(model="SASRec", dataset="ml-tiny", config_dict=dict(
             ML_TINY, train_neg_sample_args={"distribution": "uniform", "sample_num": 1}))
+
+
+def test_values_are_literals_never_code(tmp_path, monkeypatch):
+    target = tmp_path / "pwned"
+    code = f"__import__('pathlib').Path({str(target)!r}).write_text('y')"
+    with pytest.raises(InputError, match="'epochs' \\(config_dict\\) must be an integer"):
+        Config(model="BPR", dataset="ml-100k", config_dict={"epochs": code})
+    monkeypatch.setattr(sys, "argv", ["x", f"--epochs={code}"])
+    with pytest.raises(InputError, match="'epochs' \\(command line\\) must be an integer"):
+        Config(model="BPR", dataset="ml-100k")
+    assert not target.exists()
+
+
+def test_values_split_on_the_first_equals_sign_and_parse_as_literals():
+    config = Config(model="BPR", dataset="ml-100k", argv=[
+        "--checkpoint_dir=/tmp/a=b", "--topk=[5, 10]", "--learning_rate=1e-3",
+        "--show_progress=false", "--encoding=latin-1", "--train_neg_sample_args=None"])
+    assert config["checkpoint_dir"] == "/tmp/a=b" and config["topk"] == [5, 10]
+    assert config["learning_rate"] == 0.001 and config["show_progress"] is False
+    assert config["encoding"] == "latin-1"
+    assert config["train_neg_sample_args"]["distribution"] == "none"  # None: no sampling
+
+
+def test_a_typo_in_a_user_yaml_is_an_error_unless_strictness_is_off(tmp_path):
+    user = tmp_path / "user.yaml"
+    user.write_text("learning_rat: 0.5\n")
+    with pytest.raises(InputError, match=r"unknown option 'learning_rat' \(config file .*user.yaml\)"):
+        Config(model="BPR", dataset="ml-100k", config_file_list=[str(user)])
+    user.write_text("learning_rat: 0.5\nstrict_options: False\n")
+    assert Config(model="BPR", dataset="ml-100k", config_file_list=[str(user)])["learning_rat"] == 0.5
