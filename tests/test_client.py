@@ -113,6 +113,25 @@ def test_dribbling_body_is_cut_at_the_total_deadline():
     assert 0.9 <= elapsed < 3 and len(requests) == 1
 
 
+def test_dribbling_headers_are_cut_at_the_total_deadline():
+    def dribble_headers(handler, n, body):
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        for i in range(40):  # a header every 0.2 s: each read is quick, the headers never end
+            try:
+                handler.wfile.write(f"X-Slow-{i}: 1\r\n".encode())
+                handler.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.2)
+
+    with serve(dribble_headers) as (base, requests):
+        began = time.monotonic()
+        with pytest.raises(LLMServerError, match="timed out after 1 attempt"):
+            _client(base, timeout=1, max_retries=0).complete(["p"])
+        elapsed = time.monotonic() - began
+    assert 0.9 <= elapsed < 3 and len(requests) == 1
+
+
 def test_slow_but_complete_answer_within_the_deadline_succeeds():
     def slow(handler, n, body):
         data = _ok_body(body["prompt"])

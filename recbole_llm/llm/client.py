@@ -9,13 +9,15 @@ disk keyed by (client identity, prompt, decoding settings), so a re-run or a
 resumed run never asks again.  The API key is read from an environment
 variable at request time and is never logged, cached or checkpointed.
 """
+import contextlib
 import hashlib
 import http.client
 import json
 import os
+import socket
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from abc import ABC, abstractmethod
 
 from tqdm import tqdm
@@ -54,14 +56,6 @@ class LLMServerError(RuntimeError):
     pass
 
 
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    """Turns every 3xx into an ``HTTPError``: following one would re-send the
-    ``Authorization`` header to whatever host the server names."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
 def _text(value) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a string answer, got {type(value).__name__}")
@@ -92,21 +86,48 @@ class OpenAIClient(LLMClient):
     def identity(self) -> str:
         return f"openai:{self.api_base}:{self.model}:{self.mode}"
 
-    def _read_body(self, response, deadline: float) -> bytes:
-        """The whole body, or ``TimeoutError`` once ``deadline`` (monotonic) passes."""
-        chunks = []
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no complete answer within {self.timeout:g} s")
-            # each read waits at most the time left (best effort: private attributes)
-            sock = getattr(getattr(response.fp, "raw", None), "_sock", None)
-            if sock is not None:
-                sock.settimeout(left)
-            chunk = response.read1(65536)  # read1: one socket read, so the deadline is checked
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+    def _exchange(self, path: str, data: bytes, headers: dict) -> tuple:
+        """One POST, ``(status, Location, body)``, within ``timeout`` seconds in all.
+
+        ``http.client`` follows no redirect, so the key goes to ``api_base``
+        only.  Socket timeouts bound each read, not the whole answer (a server
+        dribbling headers or body one byte at a time could hold a call
+        forever), so a timer shuts the socket down when the deadline passes,
+        whatever the exchange is waiting for.
+        """
+        url = urllib.parse.urlsplit(self.api_base + path)
+        connection = (http.client.HTTPSConnection if url.scheme == "https"
+                      else http.client.HTTPConnection)(url.hostname, url.port, timeout=self.timeout)
+        expired, opened = threading.Event(), []
+
+        def expire():
+            expired.set()
+            for sock in opened:  # the response keeps reading from it after the connection closes
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        timer = threading.Timer(self.timeout, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            connection.connect()  # bounded by the socket timeout
+            opened.append(connection.sock)
+            if expired.is_set():
+                expire()
+            target = url.path + (f"?{url.query}" if url.query else "")
+            connection.request("POST", target, body=data, headers=headers)
+            response = connection.getresponse()
+            result = response.status, response.getheader("Location"), response.read()
+        except (OSError, http.client.HTTPException):
+            if not expired.is_set():
+                raise
+            result = None
+        finally:
+            timer.cancel()
+            connection.close()
+        if expired.is_set():  # a cut-short body may even have read without an error
+            raise TimeoutError(f"no complete answer within {self.timeout:g} s")
+        return result
 
     def _post(self, path: str, body: dict, parse):
         """``parse(json_reply)`` of the server's answer; ``parse`` raising
@@ -121,33 +142,30 @@ class OpenAIClient(LLMClient):
             return LLMServerError(message.replace(key, "***") if key else message)
 
         data = json.dumps(body).encode()
-        opener = urllib.request.build_opener(_RefuseRedirects)
         for attempt in range(self.max_retries + 1):
             last, tries = attempt == self.max_retries, f"after {attempt + 1} attempt(s)"
-            request = urllib.request.Request(url, data=data, headers=headers)
-            deadline = time.monotonic() + self.timeout
             try:
-                with opener.open(request, timeout=self.timeout) as response:
-                    raw = self._read_body(response, deadline)
-            except urllib.error.HTTPError as err:
-                err.close()
-                if 300 <= err.code < 400:
-                    raise fail(f"{url} answered HTTP {err.code} redirecting to "
-                               f"{err.headers.get('Location')!r}; redirects are refused") from None
-                if last or (err.code != 429 and err.code < 500):
-                    raise fail(f"{url} answered HTTP {err.code} ({err.reason}) {tries}") from None
-            except (OSError, http.client.HTTPException) as err:  # URLError, timeouts, resets
+                status, location, raw = self._exchange(path, data, headers)
+            except (OSError, http.client.HTTPException) as err:  # refused, reset, timed out
                 if last:
                     what = "timed out" if isinstance(err, TimeoutError) else "unreachable"
                     raise fail(f"{url} {what} {tries}: {err}") from None
             else:
-                try:
-                    return parse(json.loads(raw))
-                except (ValueError, LookupError, TypeError) as err:
-                    if last:
-                        snippet = raw[:200].decode("utf-8", "replace")
-                        raise fail(f"{url} sent a malformed answer {tries} ({err}); "
-                                   f"the body starts {snippet!r}") from None
+                if 300 <= status < 400:
+                    raise fail(f"{url} answered HTTP {status} redirecting to {location!r}; "
+                               "redirects are refused")
+                if status >= 400:
+                    if last or (status != 429 and status < 500):
+                        reason = http.client.responses.get(status, "")
+                        raise fail(f"{url} answered HTTP {status} ({reason}) {tries}")
+                else:
+                    try:
+                        return parse(json.loads(raw))
+                    except (ValueError, LookupError, TypeError) as err:
+                        if last:
+                            snippet = raw[:200].decode("utf-8", "replace")
+                            raise fail(f"{url} sent a malformed answer {tries} ({err}); "
+                                       f"the body starts {snippet!r}") from None
             time.sleep(self.backoff * 2 ** attempt)
         raise AssertionError("unreachable")
 
