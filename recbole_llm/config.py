@@ -16,6 +16,7 @@ import difflib
 import glob
 import os
 import sys
+from logging import getLogger
 
 import recbole
 from recbole.config import Config as _RecBoleConfig
@@ -24,7 +25,8 @@ from recbole.utils import ModelType
 from recbole_llm import registry
 from recbole_llm.errors import InputError
 from recbole_llm.options import (SafeConfigLoader, check_dataset_name, check_metrics,
-                                 check_values, parse_argv, parse_value, read_yaml)
+                                 check_settings, check_values, declared_kinds, parse_argv,
+                                 parse_value, read_yaml)
 
 PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties")
 _RECBOLE_PROPERTIES = os.path.join(os.path.dirname(recbole.__file__), "properties")
@@ -47,6 +49,20 @@ def plugin_property_files(model: str, dataset: str, wrapped=()) -> list:
              *wrapped,
              os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml")]
     return [f for f in files if os.path.isfile(f)]
+
+
+def _python_api_argv() -> list:
+    """The ``--key=value`` options of the host process, for ``Config`` built from
+    Python without ``argv`` (RecBole's convention).  The host's own arguments
+    (a notebook kernel's, a script's flags) are not ours to refuse: they are
+    skipped with a warning; the command line (``quick_start.main``) is strict."""
+    if "ipykernel" in os.path.basename(sys.argv[0] if sys.argv else ""):
+        return []
+    options = [a for a in sys.argv[1:] if a.startswith("--") and "=" in a]
+    others = [a for a in sys.argv[1:] if a not in options]
+    if others:
+        getLogger().warning(f"arguments {others} are not --key=value options; ignored")
+    return options
 
 
 def _peek(key, explicit, cmd, config_file_list, config_dict):
@@ -96,7 +112,7 @@ class Config(_RecBoleConfig):
 
     def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None,
                  argv=None):
-        self._cmd_raw = parse_argv(sys.argv[1:] if argv is None else argv)
+        self._cmd_raw = parse_argv(_python_api_argv() if argv is None else argv)
         user_files = list(config_file_list or [])
         for path in user_files:
             read_yaml(path)  # clear error for a missing or broken user file
@@ -120,6 +136,7 @@ class Config(_RecBoleConfig):
                 raise InputError(str(err)) from None
         plugin_files = plugin_property_files(model_name, dataset, base_files)
         self._plugin_files = plugin_files
+        self._config_dict = config_dict
         try:
             super().__init__(model=model_ref, dataset=dataset,
                              config_file_list=plugin_files + user_files,
@@ -129,7 +146,7 @@ class Config(_RecBoleConfig):
         except (ValueError, TypeError, KeyError, NotImplementedError, RuntimeError,
                 AttributeError) as err:
             raise InputError(f"invalid settings for {model_name} on {dataset}: "
-                             f"{type(err).__name__}: {err}") from None
+                             f"{type(err).__name__}: {err}{self._quoting_hint(config_dict)}") from None
         self._check_options(model_name, dataset, user_files, base_files)
         self._check_values(user_files)
 
@@ -160,6 +177,21 @@ class Config(_RecBoleConfig):
         super()._set_default_parameters()
 
     # --- checks -----------------------------------------------------------
+    def _raw_strings(self, config_dict) -> dict:
+        """The user's option values as typed (command line, ``config_dict`` strings)."""
+        raw = {k: v for k, v in (config_dict or {}).items() if isinstance(v, str)}
+        raw.update(self._cmd_raw)
+        return raw
+
+    def _quoting_hint(self, config_dict) -> str:
+        """A list or mapping typed without quotes stays a string ('[Recall,NDCG]')."""
+        for key, text in self._raw_strings(config_dict).items():
+            text = text.strip()
+            if text[:1] + text[-1:] in ("[]", "{}") and parse_value(text) == text:
+                return (f" (option '{key}' is the string {text!r}: write the strings inside a "
+                        "list or mapping in quotes, e.g. ['Recall','NDCG'])")
+        return ""
+
     def _user_sources(self, user_files) -> tuple:
         """The user's settings and where each came from (highest priority wins)."""
         given, sources = {}, {}
@@ -174,11 +206,27 @@ class Config(_RecBoleConfig):
 
     def _check_values(self, user_files):
         given, sources = self._user_sources(user_files)
-        # the value a key would have without the user's settings
+        # the value a key would have without the user's settings, and its declared kind
         defaults = dict(self.internal_config_dict)
+        plugin_keys = set()
         for path in self._plugin_files:
-            defaults.update(read_yaml(path))
-        check_values(given, defaults, sources)
+            values = read_yaml(path)
+            defaults.update(values)
+            plugin_keys.update(values)
+        recbole_files = [os.path.join(_RECBOLE_PROPERTIES, "overall.yaml"),
+                         os.path.join(_RECBOLE_PROPERTIES, "dataset", "sample.yaml"),
+                         os.path.join(_RECBOLE_PROPERTIES, "model", f"{self.model_class.__name__}.yaml")]
+        declared = declared_kinds(recbole_files + list(self._plugin_files))
+        checked = check_values(given, defaults, declared, sources, plugin_keys,
+                               self._raw_strings(self._config_dict))
+        self.final_config_dict.update({k: v for k, v in checked.items() if v is not given[k]})
+        check_settings(self.final_config_dict)
+        if self.final_config_dict.get("behavior_model") and not self.final_config_dict.get(
+                "behavior_checkpoint"):
+            try:
+                registry.get_model_class(self.final_config_dict["behavior_model"])
+            except ValueError as err:
+                raise InputError(f"option 'behavior_model': {err}") from None
         check_metrics(self)
 
     def _check_options(self, model, dataset, user_files, extra_files=()):

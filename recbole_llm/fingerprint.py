@@ -80,23 +80,35 @@ def dataset_fingerprint(dataset) -> str:
 _PATH_MEMO = {}
 
 
-def path_fingerprint(path) -> str:
+def path_fingerprint(path, memo_dir: str = None) -> str:
     """Hash of a file's bytes, or of every file (relative name and bytes) under a
-    folder; ``None`` for an empty setting.  Memoised per process by each file's
-    size and modification time, so a large model folder is read once."""
+    folder, hidden folders (``.git``, ``.cache``) and temp files left out;
+    ``None`` for an empty setting.
+
+    Reading a 7B model's 13 GB takes a while, so the digest is remembered per
+    (path, every file's size and modification time): in this process, and on
+    disk under ``memo_dir`` (the cache root) for later runs, as build tools do.
+    """
     if not path:
         return None
     path = os.path.abspath(os.path.expanduser(str(path)))
     if os.path.isfile(path):
         files = [(path, "")]
     elif os.path.isdir(path):
-        files = sorted((os.path.join(root, name), os.path.relpath(os.path.join(root, name), path))
-                       for root, dirs, names in os.walk(path)
-                       for name in names if not name.startswith(".tmp-"))
+        files = []
+        for root, dirs, names in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            files += [(os.path.join(root, n), os.path.relpath(os.path.join(root, n), path))
+                      for n in names if not n.startswith(".tmp-")]
+        files.sort(key=lambda f: f[1])
     else:
         raise FileNotFoundError(f"cannot fingerprint {path}: no such file or folder")
-    stats = tuple((rel, os.stat(full).st_size, os.stat(full).st_mtime_ns) for full, rel in files)
-    memo = (path, stats)
+    stats = [(rel, os.stat(full).st_size, os.stat(full).st_mtime_ns) for full, rel in files]
+    memo = hashlib.sha256(json.dumps([path, stats]).encode()).hexdigest()[:32]
+    memo_file = os.path.join(memo_dir, "fingerprints", memo) if memo_dir else None
+    if memo not in _PATH_MEMO and memo_file and os.path.isfile(memo_file):
+        with open(memo_file, encoding="utf-8") as f:
+            _PATH_MEMO[memo] = f.read().strip()
     if memo not in _PATH_MEMO:
         h = hashlib.sha256()
         for full, rel in files:
@@ -106,6 +118,9 @@ def path_fingerprint(path) -> str:
                     h.update(block)
             h.update(b"\0")
         _PATH_MEMO[memo] = h.hexdigest()[:24]
+        if memo_file:
+            from recbole_llm.llm.cache import atomic_write
+            atomic_write(memo_file, lambda f: f.write(_PATH_MEMO[memo].encode()))
     return _PATH_MEMO[memo]
 
 
@@ -127,10 +142,12 @@ def settings_fingerprint(config, exclude=(), only=None) -> dict:
     final = config.final_config_dict
     keys = set(final) if only is None else set(only) & set(final)
     keys -= RUN_ONLY_KEYS | set(exclude)
+    memo_dir = final.get("llm_cache_dir") or os.path.join(".cache", "recbole_llm")
     settings = {}
     for key in sorted(keys):
         value = final[key]
-        settings[key] = path_fingerprint(value) if key in PATH_KEYS and value else _plain(value)
+        settings[key] = (path_fingerprint(value, memo_dir) if key in PATH_KEYS and value
+                         else _plain(value))
     return settings
 
 

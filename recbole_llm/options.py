@@ -5,15 +5,17 @@ string in ``config_dict``, reads yaml with PyYAML's ``FullLoader``, drops an
 argument without ``=`` with a warning and splits ``--a=b=c`` wrongly.  Here:
 
 * arguments are ``--key=value`` only, split on the first ``=``;
-* values are Python literals (``ast.literal_eval``), ``true``/``false``/``none``
-  in any case, or else the string itself;
+* values are Python literals (``ast.literal_eval``), ``true``/``false`` in
+  any case, ``null``/``~``, or else the string itself;
 * yaml files are read with a safe loader (RecBole's float rule kept, so
   ``1e-3`` is a float);
-* every option the user set has the kind of value its default has (an int
-  where the default is an int, ...) and lies in its range (table below), and
+* every option the user set has the kind of value its yaml comment declares
+  (``# (int) ...``; else its default's kind) and lies in its range (table
+  below), options with a fixed set of values hold one of them, and
   ``valid_metric`` is one of the metrics the run computes.
 """
 import ast
+import codecs
 import math
 import os
 import re
@@ -32,7 +34,7 @@ def parse_value(text):
     word = text.strip().lower()
     if word in ("true", "false"):
         return word == "true"
-    if word in ("none", "null", "~"):
+    if word in ("null", "~"):  # "None" parses as a literal; "none" stays a string
         return None
     try:
         return ast.literal_eval(text.strip())
@@ -107,98 +109,191 @@ def _kind(value) -> str:
     return type(value).__name__
 
 
-# what each default's kind accepts from the user
+# what each declared (or default) kind accepts from the user
 _ACCEPTS = {"bool": {"bool"}, "int": {"int"}, "float": {"int", "float"},
-            "str": {"str", "int", "float", "none"}, "list": {"list", "none"},
-            "dict": {"dict", "none"}}
-# RecBole turns a single value of these into a one-element list itself
-_SCALAR_OK = {"topk": "int", "metrics": "str", "additional_feat_suffix": "str"}
+            "str": {"str", "none"}, "list": {"list", "none"}, "dict": {"dict", "none"}}
+# RecBole normalises these forms itself (one value -> a list, a tuple of GPUs)
+_EXTRA_KINDS = {"additional_feat_suffix": {"str"}, "gpu_id": {"list", "int"}}
+_TYPE_WORDS = {"int": "int", "integer": "int", "float": "float", "bool": "bool", "str": "str",
+               "string": "str", "list": "list", "tuple": "list", "dict": "dict", "none": "none"}
+_DOC = re.compile(r"^([A-Za-z_][\w.-]*)\s*:[^#]*#\s*\(([^)]*)\)")
 
 
-def _positive(v):
-    return v > 0
+def declared_kinds(paths) -> dict:
+    """``{key: kinds}`` from the ``# (type) description`` comments of yaml files
+    (RecBole's and the plugin's), e.g. ``# (list or int or None)``."""
+    kinds = {}
+    for path in paths:
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                match = _DOC.match(line)
+                words = re.findall(r"[a-z]+", match.group(2).lower()) if match else []
+                found = {_TYPE_WORDS[w] for w in words if w in _TYPE_WORDS}
+                if found:
+                    kinds[match.group(1)] = found
+    return kinds
 
 
-def _non_negative(v):
-    return v >= 0
+def _at_least(low):
+    return (lambda v: v >= low), f"at least {low}" if low else ">= 0"
 
 
-def _at_least_one(v):
-    return v >= 1
+def _interval(low, high, closed_high=True):
+    if closed_high:
+        return (lambda v: low <= v <= high), f"in [{low}, {high}]"
+    return (lambda v: low <= v < high), f"in [{low}, {high})"
 
 
-def _probability(v):
-    return 0 <= v <= 1
-
-
-def _dropout(v):
-    return 0 <= v < 1
-
-
-# (key pattern, test, what it must be); the first matching pattern applies
+_POSITIVE = ((lambda v: v > 0), "> 0")
+# (key pattern, rule); the first matching pattern applies
 _RANGES = [
-    (r"epochs", _at_least_one, "at least 1"),
-    (r".*_epochs", _non_negative, ">= 0"),
-    (r"seed", lambda v: 0 <= v < 2 ** 32, "between 0 and 2**32 - 1"),
-    (r"(.*_)?batch_size", _at_least_one, "at least 1"),
-    (r"(stopping_step|eval_step|num_beams|lora_r|MAX_ITEM_LIST_LENGTH)", _at_least_one,
-     "at least 1"),
-    (r"(.*_)?learning_rate", _positive, "> 0"),
-    (r"(.*_)?weight_decay", _non_negative, ">= 0"),
-    (r".*dropout.*", _dropout, "in [0, 1)"),
-    (r"llm_(vocab_size|hidden_size|num_layers|num_heads|max_positions)", _at_least_one,
-     "at least 1"),
-    (r".*_timeout", _positive, "> 0"),
-    (r".*_(max_retries|patience)", _non_negative, ">= 0"),
-    (r".*temperature", _positive, "> 0"),
-    (r"(worker|metric_decimal_place|loss_decimal_place)", _non_negative, ">= 0"),
-    (r"(.*_prob|fixed_alpha|alpha1|alpha2)", _probability, "in [0, 1]"),
+    (r"epochs", _at_least(1)),
+    (r"cpu_threads", ((lambda v: True), "any integer")),
+    (r"seed", ((lambda v: 0 <= v < 2 ** 32), "between 0 and 2**32 - 1")),
+    (r"(.*_)?batch_size", _at_least(1)),
+    (r"(num_beams|lora_r|lora_alpha|MAX_ITEM_LIST_LENGTH|index_k|gat_dim|gat_heads|gat_layers"
+     r"|it_samples_per_task|llm_epochs)", _at_least(1)),
+    (r"rerank_topn", _at_least(2)),
+    (r"(.*_)?learning_rate", _POSITIVE),
+    (r".*dropout.*", _interval(0, 1, closed_high=False)),
+    (r"llm_(vocab_size|hidden_size|num_layers|num_heads|max_positions)", _at_least(1)),
+    (r".*_timeout", _POSITIVE),
+    (r".*temperature", _POSITIVE),
+    (r"(.*_prob|fixed_alpha|alpha1|alpha2)", _interval(0, 1)),
 ]
+# the plugin's own numeric options: no count, size, step, weight or rate is negative
+# (RecBole's are left to RecBole: some of its models take negative values)
+_PLUGIN_DEFAULT_RULE = _at_least(0)
+
+# Options with a fixed set of values (RecBole would fall back silently for
+# ``learner``; the plugin's models would fail only after their preparation).
+CHOICES = {
+    "learner": ("adam", "sgd", "adagrad", "rmsprop", "sparse_adam"),
+    "llm_tuning": ("auto", "lora", "full"),
+    "llm_api_mode": ("completions", "chat"),
+    "index_composition": ("unit", "semantic", "behavior", "random"),
+    "index_collision": ("reassign", "extra_code"),
+    "aug_decoding": ("constrained", "free"),
+    "long_tail_transform": ("log", "linear"),
+}
 
 
-def _range_rule(key: str):
-    for pattern, test, what in _RANGES:
+def _range_rule(key: str, plugin: bool):
+    for pattern, rule in _RANGES:
         if re.fullmatch(pattern, key):
-            return test, what
-    return None
+            return rule
+    return _PLUGIN_DEFAULT_RULE if plugin else None
 
 
-def _check_one(key, value, default, where):
-    kind, want = _kind(value), _kind(default)
-    accepted = _ACCEPTS.get(want)
-    if accepted is not None and kind not in accepted and _SCALAR_OK.get(key) != kind:
-        raise InputError(f"option '{key}' ({where}) must be {want_text(want)}, got {value!r}")
+def want_text(kinds) -> str:
+    names = {"bool": "True or False", "int": "an integer", "float": "a number",
+             "str": "a string", "list": "a list, e.g. [a, b]",
+             "dict": "a mapping, e.g. {key: value}", "none": "None"}
+    order = ["bool", "int", "float", "str", "list", "dict", "none"]
+    kinds = set(kinds) - ({"int"} if "float" in kinds else set())  # a number covers integers
+    return " or ".join(names[k] for k in order if k in kinds)
+
+
+def _accepted(key, default, declared) -> set:
+    if declared:
+        kinds = set(declared)
+        for kind in declared:
+            kinds |= _ACCEPTS.get(kind, set())
+    elif default is None:
+        return set()  # neither declared nor inferable: not checked
+    else:
+        kinds = set(_ACCEPTS.get(_kind(default), ()))
+    if default is None:
+        kinds.add("none")
+    return kinds | _EXTRA_KINDS.get(key, set())
+
+
+def _check_one(key, value, default, declared, where, plugin, raw=None):
+    """The value, or the text as typed for a string option (``raw``): a folder
+    named 2024, an interval written [5,10]."""
+    kind, accepted = _kind(value), _accepted(key, default, declared)
+    if not accepted:
+        return value
+    if kind not in accepted and "str" in accepted and raw is not None:
+        return raw
+    if kind not in accepted:
+        hint = (" (write strings inside lists and mappings in quotes: ['a', 'b'])"
+                if isinstance(value, str) and value.strip()[:1] in ("[", "{") else "")
+        raise InputError(f"option '{key}' ({where}) must be {want_text(accepted)}, "
+                         f"got {value!r}{hint}")
     if kind in ("int", "float"):
         if isinstance(value, float) and not math.isfinite(value):
             raise InputError(f"option '{key}' ({where}) must be a finite number, got {value!r}")
-        rule = _range_rule(key)
-        if rule and want in ("int", "float") and not rule[0](value):
+        rule = _range_rule(key, plugin)
+        if rule and not rule[0](value):
             raise InputError(f"option '{key}' ({where}) must be {rule[1]}, got {value!r}")
+    return value
 
 
-def want_text(kind: str) -> str:
-    return {"bool": "True or False", "int": "an integer", "float": "a number",
-            "str": "a string", "list": "a list, e.g. [a, b]",
-            "dict": "a mapping, e.g. {key: value}"}.get(kind, kind)
+def check_values(given: dict, defaults: dict, declared: dict, sources: dict,
+                 plugin_keys=frozenset(), raw=None) -> dict:
+    """Every user-set option has a value of its declared kind (its yaml
+    comment, else its default's kind) in its range; returns the values,
+    coerced where harmless.
 
-
-def check_values(given: dict, defaults: dict, sources: dict) -> None:
-    """Every user-set option has its default's kind of value and lies in range.
-
-    ``given``: the user's settings; ``defaults``: the values the property files
-    give (RecBole's and the plugin's); ``sources``: key -> where it was set.
-    """
+    ``given``: the user's settings; ``defaults``: the values the property
+    files give; ``declared``: key -> kinds from the yaml comments;
+    ``sources``: key -> where it was set; ``plugin_keys``: the plugin's own
+    options (non-negative unless a rule says otherwise); ``raw``: key -> the
+    value as typed, where it was typed as text."""
+    checked = {}
     for key, value in given.items():
-        if key not in defaults:
+        if key not in defaults and key not in declared:
             continue  # an undeclared key (strict_options: False) has no known kind
-        default = defaults[key]
         where = sources.get(key, "option")
-        _check_one(key, value, default, where)
+        checked[key] = _check_one(key, value, defaults.get(key), declared.get(key), where,
+                                  key in plugin_keys, (raw or {}).get(key))
         if key == "topk":
             for k in value if isinstance(value, (list, tuple)) else [value]:
                 if isinstance(k, bool) or not isinstance(k, int) or k < 1:
                     raise InputError(f"option 'topk' ({where}) must hold positive integers, "
                                      f"got {value!r}")
+    return checked
+
+
+def check_settings(final: dict) -> None:
+    """Checks on the run's final settings that no kind or range says."""
+    for key, allowed in CHOICES.items():
+        value = final.get(key)
+        if value is not None and str(value).lower() not in allowed:
+            raise InputError(f"option '{key}' must be one of {', '.join(allowed)}, got {value!r}")
+    encoding = final.get("encoding")
+    if encoding:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise InputError(f"option 'encoding': unknown text encoding {encoding!r} "
+                             "(e.g. utf-8, latin-1)") from None
+    teacher = final.get("teacher")  # RecBole's KD_DAGFM evaluates it as a class name
+    if teacher is not None and not (isinstance(teacher, str) and teacher.isidentifier()):
+        raise InputError(f"option 'teacher' must be a model class name, got {teacher!r}")
+    for key, value in (final.get("aux_task_ratio") or {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise InputError(f"option 'aux_task_ratio': '{key}' must be a number in [0, 1], "
+                             f"got {value!r}")
+    sampling = final.get("train_neg_sample_args")
+    if isinstance(sampling, dict) and sampling.get("distribution", "none") != "none":
+        if sampling["distribution"] not in ("uniform", "popularity"):
+            raise InputError("option 'train_neg_sample_args': distribution must be uniform, "
+                             f"popularity or none, got {sampling['distribution']!r}")
+        num = sampling.get("sample_num", 1)
+        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+            raise InputError("option 'train_neg_sample_args': sample_num must be an integer "
+                             f">= 1, got {num!r}")
+    if final.get("llm_api_base"):
+        if not str(final["llm_api_base"]).startswith(("http://", "https://")):
+            raise InputError(f"option 'llm_api_base' must be an http(s) URL, got "
+                             f"{final['llm_api_base']!r}")
+        if not final.get("llm_api_model"):
+            raise InputError("llm_api_base is set but llm_api_model is empty: name the model "
+                             "the server serves")
 
 
 def computed_metric_names(metrics, topk) -> list:

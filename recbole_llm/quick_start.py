@@ -62,8 +62,10 @@ def check_inputs(config) -> None:
         check_dataset_files(config)
     except InputError:
         raise
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        raise InputError(str(err)) from None
+    except (ValueError, FileNotFoundError, RuntimeError, TypeError, AttributeError,
+            LookupError) as err:  # what the checks raise on a value they cannot read
+        plain = isinstance(err, (ValueError, FileNotFoundError))
+        raise InputError(str(err) if plain else f"{type(err).__name__}: {err}") from None
 
 
 def create_dataset(config, checked: bool = False):

@@ -42,10 +42,21 @@ def load_checkpoint(path, device="cpu"):
     return torch.load(path, map_location=device, weights_only=True)
 
 
+_CHECKED = {}  # the last checked resume checkpoint, so the trainer does not read it twice
+
+
+def _file_state(path):
+    stat = os.stat(path)
+    return os.path.abspath(path), stat.st_size, stat.st_mtime_ns
+
+
 def check_resume_checkpoint(path, config) -> dict:
     """A checkpoint to resume from: readable weights-only and written by the same
     model on the same dataset; checked before any data loads."""
     try:
+        state = _file_state(path)
+        if state in _CHECKED:
+            return _CHECKED[state]
         checkpoint = load_checkpoint(path)
     except FileNotFoundError:
         raise InputError(f"resume_checkpoint '{path}' is not a file") from None
@@ -60,6 +71,8 @@ def check_resume_checkpoint(path, config) -> dict:
         if str(meta.get(key, "")).lower() != str(config[key]).lower():
             raise InputError(f"resume_checkpoint '{path}' was written for {key} "
                              f"'{meta.get(key)}', this run has '{config[key]}'")
+    _CHECKED.clear()
+    _CHECKED[state] = checkpoint
     return checkpoint
 
 
@@ -165,9 +178,14 @@ class WeightsOnlyCheckpointMixin:
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
-        self.model.load_state_dict(checkpoint["state_dict"])
-        self.model.load_other_parameter(checkpoint.get("other_parameter"))
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        try:
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise InputError(f"resume_checkpoint '{resume_file}' does not fit this model "
+                             f"(other settings?): {str(err).splitlines()[0][:300]}") from None
+        _CHECKED.clear()
         self.best_valid_result = checkpoint.get("best_valid_result")
         self._resumed_rng = checkpoint.get("rng")
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")

@@ -139,3 +139,18 @@ def test_header_only_inter_file(data_copy):
     path.write_text(path.read_text().split("\n")[0] + "\n\n")
     message = _fails(_config(data_copy), "ml-tiny.inter", "has no interactions")
     assert re.search(r"ml-tiny\.inter: has no interactions", message)
+
+
+def test_non_finite_value_in_a_float_seq_cell(data_copy):
+    folder = data_copy / "ml-tiny"
+    path = folder / "ml-tiny.user"
+    lines = path.read_text().split("\n")
+    lines[0] += "\temb:float_seq"
+    for i in range(1, len(lines)):
+        if lines[i]:
+            lines[i] += "\t0.5 1.5" if i != 3 else "\t0.5 inf"
+    path.write_text("\n".join(lines))
+    config = Config(model="BPR", dataset="ml-tiny", config_dict=dict(ML_TINY, data_path=str(data_copy),
+                                                                      load_col=None))
+    with pytest.raises(AtomicFileError, match=r"ml-tiny\.user, line 4: field 'emb' holds the non-finite value 'inf'"):
+        check_dataset_files(config)

@@ -216,3 +216,70 @@ def test_llama4rec_keys(cache, tmp_path):
     model.model.embed_tokens.weight.data += 1                         # same path, new weights
     model.save_pretrained(folder)
     assert keys(llm_path=str(folder))[1] != first
+
+
+def test_path_fingerprint_is_remembered_on_disk_until_a_file_changes(tmp_path, monkeypatch):
+    import recbole_llm.fingerprint as fingerprint
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"\x01" * 32)
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "download.lock").write_text("x")
+    memo = str(tmp_path / "memo")
+    first = path_fingerprint(str(folder), memo)
+    fingerprint._PATH_MEMO.clear()                       # a new process
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: opened.append(str(f)) or real_open(f, *a, **k))
+    assert path_fingerprint(str(folder), memo) == first
+    assert not any(p.endswith("model.safetensors") for p in opened)   # not read again
+    monkeypatch.undo()
+    (folder / ".cache" / "download.lock").write_text("changed")       # hidden folders: not content
+    assert path_fingerprint(str(folder), memo) == first
+    (folder / "model.safetensors").write_bytes(b"\x02" * 32)
+    assert path_fingerprint(str(folder), memo) != first
+
+
+def test_tokenizer_key(cache):
+    from recbole_llm.llm.backbone import tokenizer_key
+
+    key = tokenizer_key(cache, ["a b", "c"], 300)
+    assert key == tokenizer_key(cache, ("a b", "c"), 300)
+    assert key != tokenizer_key(cache, ["a b", "d"], 300)
+    assert key != tokenizer_key(cache, ["a b", "c"], 400)
+
+
+def test_llama4rec_augmented_base_key(cache):
+    from recbole_llm.model.llama4rec_trainer import augmented_base_key
+
+    def key(base="b", llm="l", rows="r", **extra):
+        config = Config(model="Llama4Rec", dataset="ml-tiny", config_dict={**TEXT, **extra})
+        return augmented_base_key(cache, config, base, llm, rows)
+
+    first = key()
+    assert first == key(alpha1=0.9)                                  # aggregation: after it
+    assert first != key(base="b2") and first != key(llm="l2") and first != key(rows="r2")
+    assert first != key(aug_warm_start=True)
+    assert first != key(embedding_size=16)                           # the base model's setting
+
+
+def test_llm_answer_key(tmp_path):
+    from recbole_llm.llm.client import CachedClient, LLMClient
+
+    class Named(LLMClient):
+        def __init__(self, name):
+            self.name = name
+
+        @property
+        def identity(self):
+            return self.name
+
+        def complete(self, prompts, max_new_tokens=64, temperature=0.0):
+            return [f"{self.name}:{p}" for p in prompts]
+
+    a = CachedClient(Named("a"), str(tmp_path), show_progress=False)
+    key = a._key("p", 8, 0.0)
+    assert key == a._key("p", 8, 0.0)
+    assert key != a._key("q", 8, 0.0) and key != a._key("p", 9, 0.0) and key != a._key("p", 8, 0.5)
+    assert key != CachedClient(Named("b"), str(tmp_path), show_progress=False)._key("p", 8, 0.0)

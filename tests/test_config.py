@@ -92,3 +92,21 @@ def test_a_typo_in_a_user_yaml_is_an_error_unless_strictness_is_off(tmp_path):
         Config(model="BPR", dataset="ml-100k", config_file_list=[str(user)])
     user.write_text("learning_rat: 0.5\nstrict_options: False\n")
     assert Config(model="BPR", dataset="ml-100k", config_file_list=[str(user)])["learning_rat"] == 0.5
+
+
+def test_values_recbole_accepts_stay_accepted(monkeypatch):
+    config = Config(model="BPR", dataset="ml-100k", argv=[
+        "--eval_step=0", "--stopping_step=0", "--llm_api_timeout=2.5", "--checkpoint_dir=2024",
+        "--user_inter_num_interval=[5,10]", "--topk=10", "--metrics=Recall",
+        "--valid_metric=Recall@10", "--gpu_id=0"])
+    assert config["eval_step"] == 0 and config["llm_api_timeout"] == 2.5
+    assert config["checkpoint_dir"] == "2024"                      # the text as typed
+    assert config["user_inter_num_interval"] == "[5,10]"           # RecBole parses intervals
+    assert config["topk"] == [10] and config["metrics"] == ["Recall"]
+
+
+def test_python_api_skips_the_host_processs_own_arguments(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["ipykernel_launcher.py", "-f", "/k.json"])
+    assert Config(model="BPR", dataset="ml-100k")["epochs"] == 300
+    monkeypatch.setattr(sys, "argv", ["my_script.py", "--rows", "x", "--epochs=2"])
+    assert Config(model="BPR", dataset="ml-100k")["epochs"] == 2  # RecBole's convention

@@ -142,7 +142,7 @@ def _label_fields(config, fields) -> list:
             and wanted is not None and (wanted == "*" or name in wanted)]
 
 
-def _check_rows(path, sep, fields, encoding, labels=()) -> int:
+def _check_rows(path, sep, fields, encoding, labels=(), seq_sep=" ") -> int:
     """One streaming pass over the data rows; returns how many there are.
 
     Each row is one physical line with as many cells as the header; float
@@ -153,6 +153,7 @@ def _check_rows(path, sep, fields, encoding, labels=()) -> int:
     names = list(fields)
     width = len(names)
     float_cols = [i for i, n in enumerate(names) if fields[n] == "float"]
+    seq_cols = [i for i, n in enumerate(names) if fields[n] == "float_seq"]
     label_cols = [names.index(n) for n in labels]
     isfinite = math.isfinite
     rows = line_no = 0
@@ -182,6 +183,14 @@ def _check_rows(path, sep, fields, encoding, labels=()) -> int:
                             ok = False
                         if not ok:
                             raise _cell_error(path, line_no, names[i], cell, i in label_cols)
+                for i in seq_cols:
+                    for value in row[i].split(seq_sep) if row[i] else ():
+                        try:
+                            ok = isfinite(float(value))
+                        except ValueError:
+                            ok = False
+                        if not ok:
+                            raise _cell_error(path, line_no, names[i], value, False)
                 for i in label_cols:
                     if not row[i]:
                         raise _cell_error(path, line_no, names[i], "", True)
@@ -262,7 +271,7 @@ def check_dataset_files(config, check_rows: bool = True) -> dict:
                 f"{path}: load_col asks for field(s) {missing}, the file has {list(fields)}")
         if check_rows:
             labels = _label_fields(config, fields) if suffix == "inter" else ()
-            rows = _check_rows(path, sep, fields, encoding, labels)
+            rows = _check_rows(path, sep, fields, encoding, labels, config["seq_separator"] or " ")
             if suffix == "inter" and rows == 0:
                 raise AtomicFileError(f"{path}: has no interactions (a header line but no data rows)")
     inter = headers["inter"]

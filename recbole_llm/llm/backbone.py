@@ -77,6 +77,11 @@ def small_llama(vocab_size: int, hidden: int = 256, layers: int = 4, heads: int 
     return LlamaForCausalLM(config)
 
 
+def tokenizer_key(cache: Cache, corpus, vocab_size: int) -> str:
+    """The small default's tokenizer is a function of its corpus and vocabulary size."""
+    return cache.key("tokenizer", texts=list(corpus), vocab=vocab_size)
+
+
 def load_backbone(config, corpus=None, cache: Cache = None):
     """``(model, tokenizer)`` per the config's ``llm_*`` settings.
 
@@ -99,7 +104,7 @@ def load_backbone(config, corpus=None, cache: Cache = None):
         raise ValueError("the small default backbone needs a text corpus for its tokenizer")
     cache = cache or Cache.from_config(config)
     vocab = config["llm_vocab_size"]
-    key = cache.key("tokenizer", texts=corpus, vocab=vocab)
+    key = tokenizer_key(cache, corpus, vocab)
     tok_dir = os.path.join(cache.root, key)
     if os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
         from transformers import PreTrainedTokenizerFast

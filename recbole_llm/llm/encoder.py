@@ -66,7 +66,8 @@ class TextEncoder:
 def text_embedding_key(cache: Cache, texts, encoder_path: str) -> str:
     """The texts, the encoder folder's content and the token limit: all that
     shapes the embeddings."""
-    return cache.key("item-text-emb", texts=list(texts), encoder=path_fingerprint(encoder_path),
+    return cache.key("item-text-emb", texts=list(texts),
+                     encoder=path_fingerprint(encoder_path, cache.root),
                      max_length=MAX_LENGTH)
 
 

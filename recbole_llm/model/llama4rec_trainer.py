@@ -47,6 +47,14 @@ def tuned_llm_key(cache, config, train_dataset, base_id: str) -> str:
                      settings=settings_fingerprint(config, exclude=_AFTER_TUNING))
 
 
+def augmented_base_key(cache, config, base_id: str, llm_id: str, rows_id: str) -> str:
+    """The conventional model retrained on D': its settings, where it started
+    (``aug_warm_start``), the LLM that labelled the rows and the rows themselves."""
+    return cache.key("llama4rec-base-aug", base=base_id, llm=llm_id, rows=rows_id,
+                     warm_start=config["aug_warm_start"],
+                     settings=recbole_settings(config, config["base_model"]))
+
+
 class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
     def _conventional_model(self, train_data, valid_data, show_progress) -> str:
         """Train (or load) the conventional model on D; returns its cache identity."""
@@ -62,7 +70,7 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
             except RuntimeError as err:
                 raise ValueError(f"base_checkpoint {path} does not fit base_model "
                                  f"{config['base_model']} on this dataset: {err}") from None
-            return "ckpt-" + path_fingerprint(path)
+            return "ckpt-" + path_fingerprint(path, model.cache.root)
         cache = model.cache
         key = base_key(cache, config, train_data.dataset)
         if cache.has_arrays(key):
@@ -110,10 +118,8 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
             self.logger.info(f"data augmentation: {stats['prompts']} prompts, {stats['valid']} valid "
                              f"answers, {stats['dropped']} dropped (no valid candidate named), "
                              f"{stats['rows']} training rows added to {model.train_rows}")
-            key = model.cache.key("llama4rec-base-aug", base=base_id, llm=llm_key,
-                                  rows=model.augmented_fingerprint(),
-                                  warm_start=config["aug_warm_start"],
-                                  settings=recbole_settings(config, config["base_model"]))
+            key = augmented_base_key(model.cache, config, base_id, llm_key,
+                                     model.augmented_fingerprint())
             if model.cache.has_arrays(key):  # e.g. an ablation that changes only the aggregation
                 _load_state_arrays(model.base, model.cache.load_arrays(key))
                 self.logger.info(f"conventional model on D': cached ({key})")
