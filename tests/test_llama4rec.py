@@ -340,7 +340,7 @@ def test_similar_users_leave_the_base_model_untouched(general):
 
 @pytest.mark.parametrize("flag,message", [
     ("--base_checkpoint=/no/such/file.pth", "base_checkpoint '/no/such/file.pth' is not a file"),
-    ("--aug_decoding=sampled", "aug_decoding must be 'constrained' or 'free'"),
+    ("--aug_decoding=sampled", "option 'aug_decoding' must be one of constrained, free"),
 ])
 def test_bad_llama4rec_options_fail_before_training(tmp_path, flag, message):
     out = subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_llm.py"),
