@@ -18,18 +18,19 @@ import os
 import sys
 from logging import getLogger
 
-import recbole
 from recbole.config import Config as _RecBoleConfig
 from recbole.utils import ModelType
 
 from recbole_llm import registry
 from recbole_llm.errors import InputError
+from recbole_llm.model.abstract import PluginModel
+from recbole_llm.paths import PLUGIN_PROPERTIES, RECBOLE_PROPERTIES
 from recbole_llm.options import (SafeConfigLoader, check_dataset_name, check_metrics,
                                  check_settings, check_values, declared_kinds, parse_argv,
                                  parse_value, read_yaml)
 
-PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties")
-_RECBOLE_PROPERTIES = os.path.join(os.path.dirname(recbole.__file__), "properties")
+PROPERTIES_DIR = PLUGIN_PROPERTIES
+_RECBOLE_PROPERTIES = RECBOLE_PROPERTIES
 
 # Keys RecBole reads without declaring them in any property file.
 _UNDECLARED_RECBOLE_KEYS = {
@@ -124,8 +125,9 @@ class Config(_RecBoleConfig):
             model_ref = registry.get_model_class(model_name) if isinstance(model, str) else model
         except ValueError as err:
             raise InputError(str(err)) from None
-        base_files = list(model_ref.property_files()) if hasattr(model_ref, "property_files") else []
-        if hasattr(model_ref, "specialise"):
+        hooks = isinstance(model_ref, type) and issubclass(model_ref, PluginModel)
+        base_files = list(model_ref.property_files()) if hooks else []
+        if hooks and model_ref.wraps_base_model:
             # a wrapper model (Llama4Rec) takes the type, input type and RecBole
             # hyper-parameters of the conventional model it wraps (``base_model``)
             base = parse_value(_peek_setting("base_model", self._cmd_raw, user_files, config_dict,

@@ -18,7 +18,6 @@ are built from
   :func:`recbole_settings` narrows this to the keys RecBole's own models and
   trainer can read, for the conventional models the plugin trains.
 """
-import glob
 import hashlib
 import json
 import os
@@ -154,16 +153,16 @@ def settings_fingerprint(config, exclude=(), only=None) -> dict:
 def recbole_keys(model_name: str) -> set:
     """Every key RecBole's own models, datasets and trainers declare: those its
     ``model_name`` and ``Trainer`` can read."""
-    import recbole
     import yaml
     from recbole.utils.argument_list import (dataset_arguments, evaluation_arguments,
                                              general_arguments, training_arguments)
 
-    props = os.path.join(os.path.dirname(recbole.__file__), "properties")
+    from recbole_llm.paths import recbole_file, recbole_model_yaml
+
     keys = set(general_arguments + training_arguments + evaluation_arguments + dataset_arguments)
     keys |= {"MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "model", "dataset"}
-    for path in [os.path.join(props, "overall.yaml"), os.path.join(props, "model", f"{model_name}.yaml"),
-                 *glob.glob(os.path.join(props, "dataset", "sample.yaml"))]:
+    for path in [recbole_file("overall.yaml"), *recbole_model_yaml(model_name),
+                 recbole_file("dataset", "sample.yaml")]:
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 keys |= set(yaml.safe_load(f) or {})

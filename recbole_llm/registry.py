@@ -125,13 +125,13 @@ def get_trainer_class(name: str, model_type) -> type:
 
 
 # --- the plugin's own models (one line each, added as they land) -----------
-register("EAGERLLM", "recbole_llm.model.eagerllm:EAGERLLM",
+register("EAGERLLM", "recbole_llm.model.eagerllm.model:EAGERLLM",
          dataset="recbole_llm.data.text:SequentialTextDataset",
-         trainer="recbole_llm.model.eagerllm_trainer:EAGERTrainer")
-register("ELCoRec", "recbole_llm.model.elcorec:ELCoRec",
+         trainer="recbole_llm.model.eagerllm.trainer:EAGERTrainer")
+register("ELCoRec", "recbole_llm.model.elcorec.model:ELCoRec",
          dataset="recbole_llm.data.text:CTRTextDataset")
-register("Llama4Rec", "recbole_llm.model.llama4rec:Llama4Rec",
+register("Llama4Rec", "recbole_llm.model.llama4rec.model:Llama4Rec",
          dataset="recbole_llm.data.text:text_dataset",
-         trainer="recbole_llm.model.llama4rec_trainer:Llama4RecTrainer")
+         trainer="recbole_llm.model.llama4rec.trainer:Llama4RecTrainer")
 for _name in ("DeepFMRating", "FMRating", "WideDeepRating"):
     register(_name, f"recbole_llm.model.rating:{_name}")

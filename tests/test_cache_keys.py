@@ -124,7 +124,7 @@ def test_item_embedding_key_of_the_conventional_model(cache, tmp_path):
 
 
 def test_eager_index_key(cache):
-    from recbole_llm.model.eagerllm import index_key
+    from recbole_llm.model.eagerllm.index import index_key
 
     rng = np.random.default_rng(0)
     sem, beh = rng.normal(size=(20, 8)), rng.normal(size=(20, 4))
@@ -148,7 +148,7 @@ def test_eager_behaviour_checkpoint_content_reaches_the_index_key(cache, tmp_pat
     import torch
 
     from recbole_llm.model.conventional import checkpoint_item_embeddings
-    from recbole_llm.model.eagerllm import index_key
+    from recbole_llm.model.eagerllm.index import index_key
 
     path = tmp_path / "beh.pth"
     keys = []
@@ -161,7 +161,8 @@ def test_eager_behaviour_checkpoint_content_reaches_the_index_key(cache, tmp_pat
 
 def test_elcorec_gat_key(cache, tmp_path):
     from recbole_llm.data import CTRTextDataset
-    from recbole_llm.model.elcorec import gat_key
+    from recbole_llm.model.elcorec.graph import gat_key
+    from recbole_llm.model.elcorec.settings import ELCoRecSettings
 
     ctr = dict(TEXT, load_col={"inter": ["user_id", "item_id", "rating", "timestamp"],
                                "item": ["item_id", "release_year", "genre"]})
@@ -169,7 +170,7 @@ def test_elcorec_gat_key(cache, tmp_path):
     def key(**extra):
         config = Config(model="ELCoRec", dataset="ml-tiny",
                         config_dict={**ctr, "threshold": {"rating": 4}, **extra})
-        return gat_key(cache, config, CTRTextDataset(config))
+        return gat_key(cache, ELCoRecSettings.from_config(config), CTRTextDataset(config))
 
     base = key()
     assert base == key(show_progress=True, rap_k_similar=3)           # not the expert's settings
@@ -183,14 +184,15 @@ def test_elcorec_gat_key(cache, tmp_path):
 
 
 def test_llama4rec_keys(cache, tmp_path):
-    from recbole_llm.model.llama4rec_trainer import base_key, tuned_llm_key
+    from recbole_llm.model.llama4rec.settings import Llama4RecSettings
+    from recbole_llm.model.llama4rec.trainer import base_key, tuned_llm_key
 
     def keys(**extra):
         config = Config(model="Llama4Rec", dataset="ml-tiny",
                         config_dict={**TEXT, "prompt_item_field": "title", **extra})
         dataset = _text_dataset(config)
         base = base_key(cache, config, dataset)
-        return base, tuned_llm_key(cache, config, dataset, base)
+        return base, tuned_llm_key(cache, Llama4RecSettings.from_config(config), dataset, base)
 
     base, llm = keys()
     assert (base, llm) == keys(show_progress=True, alpha1=0.7, fixed_alpha=0.1)  # serving only
@@ -251,7 +253,7 @@ def test_tokenizer_key(cache):
 
 
 def test_llama4rec_augmented_base_key(cache):
-    from recbole_llm.model.llama4rec_trainer import augmented_base_key
+    from recbole_llm.model.llama4rec.trainer import augmented_base_key
 
     def key(base="b", llm="l", rows="r", **extra):
         config = Config(model="Llama4Rec", dataset="ml-tiny", config_dict={**TEXT, **extra})

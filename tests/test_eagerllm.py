@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import BEAUTY_TINY, REPO, build_model
-from recbole_llm.model.eagerllm import build_dual_source_codes
+from recbole_llm.model.eagerllm.index import build_dual_source_codes
 from recbole_llm.model.layers import MLPProjector, info_nce
 from recbole_llm.tokenization import hierarchical_kmeans
 

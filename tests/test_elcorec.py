@@ -9,7 +9,7 @@ import torch
 from conftest import ML_TINY, REPO, build_model
 from recbole_llm.config import Config
 from recbole_llm.data import CTRTextDataset
-from recbole_llm.model.elcorec import build_hetero_graph
+from recbole_llm.model.elcorec.graph import build_hetero_graph
 
 TINY_CTR = dict(
     ML_TINY, threshold={"rating": 4},
@@ -89,10 +89,10 @@ def test_soft_token_changes_output_and_can_be_switched_off(elcorec):
         assert not torch.equal(changed, base)  # deterministic forward: any change is the token's
     finally:
         model.user_pref.copy_(saved)
-    assert all(model.pref_id in p for p in model._prompts(batch))
+    assert all(model.pref_id in p for p in model.prompts(batch))
     model.use_soft_prompt = False
     try:
-        assert all(model.pref_id not in p for p in model._prompts(batch))
+        assert all(model.pref_id not in p for p in model.prompts(batch))
         model.predict(batch)
     finally:
         model.use_soft_prompt = True

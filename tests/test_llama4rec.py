@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import subprocess
 import sys
@@ -8,8 +9,8 @@ import torch
 
 from conftest import ML_TINY, REPO, build_model
 from recbole_llm.llm.client import CachedClient, LLMClient
-from recbole_llm.model.llama4rec import aggregate_order, long_tail_alpha
-from recbole_llm.model.llama4rec_prompts import LABELS, parse_choice
+from recbole_llm.model.llama4rec.aggregation import aggregate_order, long_tail_alpha
+from recbole_llm.model.llama4rec.prompts import LABELS, parse_choice
 
 TINY = dict(ML_TINY, prompt_item_field="title", llm_hidden_size=32, llm_num_layers=1,
             llm_num_heads=2, llm_vocab_size=500, epochs=1, it_samples_per_task=48,
@@ -109,15 +110,16 @@ def test_instruction_samples_answer_with_valid_labels(general):
 
 
 def test_instruction_tuning_loss_falls(general, tmp_path):
-    _, _, model, _ = general
+    _, _, model, trainer = general
     before = {n: p.detach().clone() for n, p in model.llm.named_parameters()}
-    model.config.final_config_dict["llm_epochs"] = 4
+    settings = model.settings
+    model.settings = dataclasses.replace(settings, llm_epochs=4)
     try:
-        info = model.instruction_tune(model.cache.key("test-it", path=str(tmp_path)))
+        info = trainer.instruction_tune(model.cache.key("test-it", path=str(tmp_path)))
     finally:
-        model.config.final_config_dict["llm_epochs"] = 1
+        model.settings = settings
     assert np.all(np.diff(info["loss"]) < 0) and info["loss"][-1] < 0.8 * info["loss"][0], info["loss"]
-    cached = model.instruction_tune(model.cache.key("test-it", path=str(tmp_path)))
+    cached = trainer.instruction_tune(model.cache.key("test-it", path=str(tmp_path)))
     assert cached["cached"] and cached["loss"] == pytest.approx(info["loss"])
     model.llm.load_state_dict(before)
 
@@ -139,14 +141,15 @@ def test_augmentation_adds_valid_pairs_and_nothing_for_bad_answers(general, tmp_
 
 def test_sequential_augmentation_inserts_the_chosen_item(sequential):
     _, _, model, _ = sequential
-    model.config.final_config_dict["aug_candidates"] = 4
+    settings = model.settings
+    model.settings = dataclasses.replace(settings, aug_candidates=4)
     try:
         model.augment(ScriptedClient(lambda p: "[C]"), np.random.default_rng(2))
     finally:
-        model.config.final_config_dict["aug_candidates"] = 2
+        model.settings = settings
     rows = model.augmented
     seqs, lengths = rows[model.ITEM_SEQ], rows[model.ITEM_SEQ_LEN]
-    assert (lengths >= 1).all() and (lengths <= model.max_len).all()
+    assert (lengths >= 1).all() and (lengths <= settings.MAX_ITEM_LIST_LENGTH).all()
     assert (seqs[torch.arange(len(seqs)), lengths - 1] > 0).all()      # no empty prefix
     loss = model.calculate_loss(rows)  # the base model's loss accepts these rows as a batch
     assert torch.isfinite(loss)
@@ -253,19 +256,25 @@ def test_bad_base_model_is_a_clear_error(tmp_path):
 
 def test_local_label_choice_names_only_offered_candidates(general, tmp_path):
     from recbole_llm.llm.cache import Cache
-    from recbole_llm.model.llama4rec import LabelChooser
+    from recbole_llm.llm.choice import LabelChoiceClient
 
     _, _, model, _ = general
-    model.config.final_config_dict["aug_candidates"] = 3
+
+    def chooser():
+        return LabelChoiceClient(model.llm, model.tokenizer, LABELS, model.label_ids, 256, 8,
+                                 Cache(str(tmp_path)), "t")
+
+    settings = model.settings
+    model.settings = dataclasses.replace(settings, aug_candidates=3)
     try:
-        chooser = LabelChooser(model, Cache(str(tmp_path)), "t")
-        stats = model.augment(chooser, np.random.default_rng(5))
-        again = model.augment(LabelChooser(model, Cache(str(tmp_path)), "t"), np.random.default_rng(5))
+        first = chooser()
+        stats = model.augment(first, np.random.default_rng(5))
+        again = model.augment(chooser(), np.random.default_rng(5))
     finally:
-        model.config.final_config_dict["aug_candidates"] = 2
+        model.settings = settings
     assert stats["valid"] == stats["prompts"] > 0 and stats["dropped"] == 0
     assert again == stats
-    answers = chooser.choose(["x " * 5, "y " * 5], [2, 3])
+    answers = first.complete(["Candidates: [A] x; [B] y. Answer:", "[A] x; [B] y; [C] z. Answer:"])
     assert answers[0] in LABELS[:2] and answers[1] in LABELS[:3]
 
 
@@ -353,8 +362,6 @@ def test_bad_llama4rec_options_fail_before_training(tmp_path, flag, message):
 
 
 def test_graph_base_caches_travel_with_checkpoints(tmp_path_factory):
-    from recbole_llm.model.llama4rec import _load_state_arrays, _state_arrays
-
     _, (train, _, _), model, _ = build_model(tmp_path_factory, "Llama4Rec", "ml-tiny",
                                              dict(TINY, base_model="LightGCN", n_layers=1))
     model.eval()
@@ -363,9 +370,9 @@ def test_graph_base_caches_travel_with_checkpoints(tmp_path_factory):
     from recbole.data.interaction import Interaction
     first = model.full_sort_predict(Interaction({model.USER_ID: users}))
     assert set(model.other_parameter()) == {"restore_user_e", "restore_item_e"}
-    state = _state_arrays(model.base)
+    state = model.base_arrays()
     with torch.no_grad():
         model.base.user_embedding.weight.add_(1.0)  # new weights; the cached propagation is stale
-    _load_state_arrays(model.base, state)
+    model.load_base_arrays(state)
     assert model.base.restore_user_e is None   # recomputed from the loaded weights
     assert torch.allclose(model.full_sort_predict(Interaction({model.USER_ID: users})), first)

@@ -155,16 +155,27 @@ class ItemTextMixin:
             for u, (n, row) in best.items():
                 histories[u] = np.append(seqs[row, :n], items[row]).astype(np.int64)
             return histories
+        return self.timed_histories()[0]
+
+    def timed_histories(self) -> tuple:
+        """``(items, times, ratings)``: per user (internal id), the interactions of
+        this dataset (or split) in time order, their times and raw ratings (NaN
+        where unknown).  Without a time field, rows keep their file order."""
+        inter = self.inter_feat
+        users = np.asarray(inter[self.uid_field])
+        items = np.asarray(inter[self.iid_field]).astype(np.int64)
         if self.time_field and self.time_field in inter:
-            order = np.lexsort((np.asarray(inter[self.time_field]), users))
+            times = np.asarray(inter[self.time_field])
         else:
-            order = np.argsort(users, kind="stable")
-        users, items = users[order], items[order]
-        bounds = np.flatnonzero(np.diff(users)) + 1
-        for chunk_u, chunk_i in zip(np.split(users, bounds), np.split(items, bounds)):
-            if len(chunk_u):
-                histories[chunk_u[0]] = chunk_i.astype(np.int64)
-        return histories
+            times = np.arange(len(users))
+        order = np.lexsort((times, users))
+        users, items, times = users[order], items[order], times[order]
+        bounds = np.searchsorted(users, np.arange(self.user_num + 1))
+        per_user = [slice(bounds[u], bounds[u + 1]) for u in range(self.user_num)]
+        ratings = self._text_cache.get("ratings")
+        return ([items[s] for s in per_user], [times[s] for s in per_user],
+                [np.array([ratings.get((u, int(i)), np.nan) for i in items[s]]) if ratings
+                 else np.full(s.stop - s.start, np.nan) for u, s in enumerate(per_user)])
 
 
 class TextDataset(ItemTextMixin, Dataset):

@@ -7,10 +7,8 @@ trained by RecBole's own ``Trainer``, and its item table is cached under a key
 of the training data and every setting that shapes it.
 """
 import copy
-import os
 
 import numpy as np
-import recbole
 import yaml
 from recbole.data.dataloader import TrainDataLoader
 from recbole.trainer import Trainer
@@ -18,14 +16,15 @@ from recbole.trainer import Trainer
 from recbole_llm import registry
 from recbole_llm.fingerprint import dataset_fingerprint, recbole_settings
 from recbole_llm.llm.cache import Cache
+from recbole_llm.paths import recbole_file, recbole_model_yaml
 
 
 def _recbole_defaults(config, model_name: str) -> dict:
     """RecBole's yaml for the model, read with RecBole's loader (``1e-12`` is a float)."""
-    path = os.path.join(os.path.dirname(recbole.__file__), "properties", "model", f"{model_name}.yaml")
-    if not os.path.isfile(path):
+    files = recbole_model_yaml(model_name)
+    if not files:
         return {}
-    with open(path, encoding="utf-8") as f:
+    with open(files[0], encoding="utf-8") as f:
         return yaml.load(f, Loader=config.yaml_loader) or {}
 
 
@@ -36,8 +35,7 @@ _TRAINING_KEYS = ("train_batch_size", "learner", "learning_rate", "weight_decay"
 
 
 def _recbole_overall(config) -> dict:
-    path = os.path.join(os.path.dirname(recbole.__file__), "properties", "overall.yaml")
-    with open(path, encoding="utf-8") as f:
+    with open(recbole_file("overall.yaml"), encoding="utf-8") as f:
         overall = yaml.load(f, Loader=config.yaml_loader) or {}
     return {k: overall[k] for k in _TRAINING_KEYS if k in overall}
 

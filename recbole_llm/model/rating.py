@@ -8,17 +8,15 @@ the raw output plus the training mean rating, trained with MSE on the raw
 rating (``LABEL_FIELD: rating``, no ``threshold``).  ``DeepFMRating`` is the
 paper's rating baseline (DeepFM) in this form.
 """
-import os
-
-import recbole
 import torch
 import torch.nn.functional as F
 from recbole.model.context_aware_recommender import FM, DeepFM, WideDeep
 
-_PROPERTIES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
+from recbole_llm.model.abstract import PluginModel
+from recbole_llm.paths import plugin_file, recbole_model_yaml
 
 
-class RatingRegressionMixin:
+class RatingRegressionMixin(PluginModel):
     """MSE on the raw label around the training mean; predict = mean + output."""
 
     regression = True
@@ -27,10 +25,7 @@ class RatingRegressionMixin:
     @classmethod
     def property_files(cls) -> list:
         """RecBole's yaml of the wrapped model, then the rating protocol."""
-        recbole_yaml = os.path.join(os.path.dirname(recbole.__file__), "properties", "model",
-                                    f"{cls.recbole_name}.yaml")
-        files = [recbole_yaml] if os.path.isfile(recbole_yaml) else []
-        return files + [os.path.join(_PROPERTIES, "rating.yaml")]
+        return recbole_model_yaml(cls.recbole_name) + [plugin_file("rating.yaml")]
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -51,12 +46,19 @@ class RatingRegressionMixin:
         return self.forward(interaction) + self.mean_rating
 
 
-def regression_variant(model_class) -> type:
-    return type(f"{model_class.__name__}Rating", (RatingRegressionMixin, model_class),
-                {"__module__": __name__, "recbole_name": model_class.__name__,
-                 "__doc__": f"{model_class.__name__} predicting ratings (MSE)."})
+class DeepFMRating(RatingRegressionMixin, DeepFM):
+    """DeepFM predicting ratings (MSE): the paper's rating baseline."""
+
+    recbole_name = "DeepFM"
 
 
-DeepFMRating = regression_variant(DeepFM)
-FMRating = regression_variant(FM)
-WideDeepRating = regression_variant(WideDeep)
+class FMRating(RatingRegressionMixin, FM):
+    """FM predicting ratings (MSE)."""
+
+    recbole_name = "FM"
+
+
+class WideDeepRating(RatingRegressionMixin, WideDeep):
+    """WideDeep predicting ratings (MSE)."""
+
+    recbole_name = "WideDeep"

@@ -13,24 +13,17 @@
 import os
 
 import numpy as np
+import torch
 from recbole.trainer import Trainer
 from recbole.utils import set_color
+from tqdm import tqdm
 
-from recbole_llm.fingerprint import (dataset_fingerprint, path_fingerprint, recbole_settings,
-                                     settings_fingerprint)
+from recbole_llm.fingerprint import dataset_fingerprint, path_fingerprint, recbole_settings
+from recbole_llm.llm.choice import LabelChoiceClient
 from recbole_llm.llm.client import client_from_config
-from recbole_llm.model.llama4rec import (LabelChooser, _load_state_arrays, _state_arrays,
-                                         forget_cached_outputs)
+from recbole_llm.llm.prompts import answer_lm_loss, training_batch
+from recbole_llm.model.llama4rec.prompts import LABELS
 from recbole_llm.trainer import WeightsOnlyCheckpointMixin, load_checkpoint, with_weights_only_checkpoints
-
-# Keys that act only after instruction tuning (aggregation at serving time,
-# augmentation of the conventional model's data) or only in evaluation; every
-# other setting keys the tuned LLM (see recbole_llm.fingerprint).
-_AFTER_TUNING = ("adaptive_alpha", "alpha1", "alpha2", "fixed_alpha",
-                 "long_tail_transform", "utility_c", "data_augmentation", "aug_users",
-                 "aug_candidates", "aug_decoding", "aug_max_new_tokens", "aug_warm_start",
-                 "metrics", "topk", "valid_metric", "valid_metric_bigger", "eval_type",
-                 "base_checkpoint")
 
 
 def base_key(cache, config, train_dataset) -> str:
@@ -40,11 +33,12 @@ def base_key(cache, config, train_dataset) -> str:
                      settings=recbole_settings(config, config["base_model"]))
 
 
-def tuned_llm_key(cache, config, train_dataset, base_id: str) -> str:
-    """The instruction-tuned LLM: every setting but those acting after tuning, the
-    training data (with item text) and the conventional model it was prompted with."""
+def tuned_llm_key(cache, settings, train_dataset, base_id: str) -> str:
+    """The instruction-tuned LLM: the model's settings but those acting after
+    tuning, the training data (with item text) and the conventional model it
+    was prompted with."""
     return cache.key("llama4rec-llm", base=base_id, data=dataset_fingerprint(train_dataset),
-                     settings=settings_fingerprint(config, exclude=_AFTER_TUNING))
+                     settings=settings.key_parts(exclude=settings.AFTER_TUNING))
 
 
 def augmented_base_key(cache, config, base_id: str, llm_id: str, rows_id: str) -> str:
@@ -59,14 +53,13 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
     def _conventional_model(self, train_data, valid_data, show_progress) -> str:
         """Train (or load) the conventional model on D; returns its cache identity."""
         config, model = self.config, self.model
-        path = config["base_checkpoint"]
+        path = model.settings.base_checkpoint
         if path:
             state = load_checkpoint(path)["state_dict"]
             if any(k.startswith("base.") for k in state):  # a Llama4Rec checkpoint
                 state = {k[5:]: v for k, v in state.items() if k.startswith("base.")}
             try:
-                model.base.load_state_dict(state)
-                forget_cached_outputs(model.base)
+                model.load_base_state(state)
             except RuntimeError as err:
                 raise ValueError(f"base_checkpoint {path} does not fit base_model "
                                  f"{config['base_model']} on this dataset: {err}") from None
@@ -74,7 +67,7 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
         cache = model.cache
         key = base_key(cache, config, train_data.dataset)
         if cache.has_arrays(key):
-            _load_state_arrays(model.base, cache.load_arrays(key))
+            model.load_base_arrays(cache.load_arrays(key))
             self.logger.info(f"conventional model {config['base_model']} on D: cached ({key})")
             return key
         self.logger.info(set_color(f"Training the conventional model {config['base_model']} on D",
@@ -85,53 +78,97 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
         inner.fit(train_data, valid_data, saved=True, show_progress=show_progress)
         if valid_data is not None:
             inner.load_model_weights(inner.saved_model_file)
-        cache.save_arrays(key, **_state_arrays(model.base))
+        cache.save_arrays(key, **model.base_arrays())
         if os.path.isfile(inner.saved_model_file):
             os.remove(inner.saved_model_file)
         return key
 
+    def instruction_tune(self, key: str, show_progress: bool = False) -> dict:
+        """Tune the LLM on the model's instruction samples (cached under ``key``)."""
+        model, s = self.model, self.model.settings
+        cache = model.cache
+        if cache.has_arrays(key):
+            arrays = cache.load_arrays(key)
+            model.load_llm_state({k: v for k, v in arrays.items() if k != "__loss"})
+            return {"loss": arrays["__loss"].tolist(), "cached": True}
+        rng = np.random.default_rng(s.seed)
+        samples = model.instruction_samples(rng)
+        ids = model.tokenizer([p for p, _ in samples])["input_ids"]
+        llm = model.llm
+        optim = torch.optim.AdamW([p for p in llm.parameters() if p.requires_grad],
+                                  lr=s.llm_learning_rate, weight_decay=s.llm_weight_decay)
+        losses = []
+        llm.train()
+        for epoch in range(s.llm_epochs):
+            order = rng.permutation(len(samples))
+            total, steps = 0.0, 0
+            bar = tqdm(range(0, len(order), s.llm_batch_size), desc=f"instruction tuning {epoch + 1}",
+                       disable=not show_progress, unit="batch")
+            for start in bar:
+                rows = order[start:start + s.llm_batch_size]
+                packed = training_batch(
+                    [ids[r] for r in rows], [samples[r][1] for r in rows],
+                    model.tokenizer.pad_token_id, s.llm_max_prompt_tokens,
+                    dtype=llm.dtype).to(model.device)
+                loss, _ = answer_lm_loss(llm, packed)
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+                total, steps = total + loss.item(), steps + 1
+            losses.append(total / max(steps, 1))
+        llm.eval()
+        cache.save_arrays(key, __loss=np.asarray(losses), **model.llm_state())
+        return {"loss": losses, "cached": False, "samples": len(samples)}
+
+    def _augmentation_client(self, llm_key: str, show_progress: bool):
+        """A server or the local backbone generating text (``aug_decoding: free``),
+        else the local backbone choosing among the offered labels."""
+        config, model, s = self.config, self.model, self.model.settings
+        if config["llm_api_base"] or s.aug_decoding == "free":
+            return client_from_config(config, model.llm, model.tokenizer,
+                                      cache_dir=os.path.join(model.cache.root, "llama4rec-answers"),
+                                      local_name=llm_key)
+        return LabelChoiceClient(model.llm, model.tokenizer, LABELS, model.label_ids,
+                                 s.llm_max_prompt_tokens, s.llm_eval_batch_size, model.cache,
+                                 llm_key, show_progress)
+
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None):
-        config, model = self.config, self.model
+        config, model, s = self.config, self.model, self.model.settings
         model.rerank = False
         base_id = self._conventional_model(train_data, valid_data, show_progress)
-        model._context_cache = None
-        llm_key = tuned_llm_key(model.cache, config, train_data.dataset, base_id)
-        info = model.instruction_tune(llm_key, show_progress)
+        model.forget_context()
+        llm_key = tuned_llm_key(model.cache, s, train_data.dataset, base_id)
+        info = self.instruction_tune(llm_key, show_progress)
         self.logger.info(f"instruction tuning: loss per epoch {np.round(info['loss'], 4).tolist()}"
                          + (" (cached)" if info["cached"] else f", {info['samples']} samples"))
         for p in model.llm.parameters():
             p.requires_grad_(False)
 
         result = (float("-inf"), None)
-        if config["data_augmentation"] and model.rating_task:
+        if s.data_augmentation and model.rating_task:
             self.logger.warning("data augmentation for rating prediction (the paper's attribute "
                                 "filling) is not implemented: the rating model trains on D")
-        elif config["data_augmentation"]:
-            if config["llm_api_base"] or config["aug_decoding"] == "free":
-                client = client_from_config(config, model.llm, model.tokenizer,
-                                            cache_dir=os.path.join(model.cache.root, "llama4rec-answers"),
-                                            local_name=llm_key)
-            else:  # constrained (checked when the model was built)
-                client = LabelChooser(model, model.cache, llm_key, show_progress)
-            stats = model.augment(client, np.random.default_rng(config["seed"]))
+        elif s.data_augmentation:
+            client = self._augmentation_client(llm_key, show_progress)
+            stats = model.augment(client, np.random.default_rng(s.seed))
             self.logger.info(f"data augmentation: {stats['prompts']} prompts, {stats['valid']} valid "
                              f"answers, {stats['dropped']} dropped (no valid candidate named), "
                              f"{stats['rows']} training rows added to {model.train_rows}")
             key = augmented_base_key(model.cache, config, base_id, llm_key,
                                      model.augmented_fingerprint())
             if model.cache.has_arrays(key):  # e.g. an ablation that changes only the aggregation
-                _load_state_arrays(model.base, model.cache.load_arrays(key))
+                model.load_base_arrays(model.cache.load_arrays(key))
                 self.logger.info(f"conventional model on D': cached ({key})")
             else:
-                if not config["aug_warm_start"]:
+                if not s.aug_warm_start:
                     model.reset_base()
                 self.optimizer = self._build_optimizer(params=model.base.parameters())
                 result = super().fit(train_data, valid_data, verbose, saved, show_progress,
                                      callback_fn)
                 if saved and valid_data is not None:
                     self.load_model_weights(self.saved_model_file)
-                model.cache.save_arrays(key, **_state_arrays(model.base))
+                model.cache.save_arrays(key, **model.base_arrays())
         if result[1] is None and saved:  # the conventional model above is final
             self._save_checkpoint(0, verbose=verbose)
         model.rerank = True
@@ -145,7 +182,7 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
         # the items RecBole will mask (history) must not take re-ranking slots
         self.model.eval_history = None if self.model.sequential else \
             getattr(eval_data, "uid2history_item", None)
-        self.model._context_cache = None  # the base weights may just have been reloaded
+        self.model.forget_context()  # the base weights may just have been reloaded
         try:
             return super().evaluate(eval_data, load_best_model, model_file, show_progress)
         finally:

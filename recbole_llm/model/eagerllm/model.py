@@ -1,5 +1,8 @@
 """EAGER-LLM (arXiv 2502.14735) as a RecBole sequential model.
 
+Paper: "EAGER-LLM: Enhancing Large Language Models as Recommenders through
+Exogenous Behavior-Semantic Integration", https://arxiv.org/abs/2502.14735.
+
 What makes it EAGER-LLM, and where it lives here:
 
 * Dual-source item indices: a semantic index (hierarchical k-means of item
@@ -15,7 +18,7 @@ What makes it EAGER-LLM, and where it lives here:
   its last hidden state goes through two trainable projectors and an InfoNCE
   loss against the target's original semantic and behavioural embeddings
   (weights ``gct_lambda_sem``, ``gct_lambda_beh``; training only).
-* Annealing Adapter Tuning: a second phase (``EAGERTrainer``) freezes the
+* Annealing Adapter Tuning: a second phase (``trainer.EAGERTrainer``) freezes the
   stage-one model, adds a LoRA adapter and trains it on filtered samples of
   the recommendation task only; kept at inference unless
   ``aat_keep_adapter: False``.
@@ -29,67 +32,41 @@ import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
-from recbole_llm.llm.backbone import add_tokens, apply_tuning, load_backbone
-from recbole_llm.llm.cache import Cache
 from recbole_llm.llm.encoder import item_text_embeddings
 from recbole_llm.llm.generation import constrained_beam_search, to_full_sort_scores
 from recbole_llm.llm.prompts import (Template, answer_lm_loss, answer_logprob, inference_batch,
                                      training_batch)
-from recbole_llm.fingerprint import array_fingerprint
+from recbole_llm.model.abstract import LLMRecommender
 from recbole_llm.model.conventional import checkpoint_item_embeddings, train_item_embeddings
+from recbole_llm.model.eagerllm.index import build_dual_source_codes, index_key
+from recbole_llm.model.eagerllm.settings import EAGERSettings
 from recbole_llm.model.layers import MLPProjector, info_nce
-from recbole_llm.tokenization import ItemIndex, hierarchical_kmeans
+from recbole_llm.tokenization import ItemIndex
 
-COMPOSITIONS = ("unit", "semantic", "behavior", "random")
 CON_TOKEN = "[CON]"
 
 
-def build_dual_source_codes(sem: np.ndarray, beh: np.ndarray, composition: str, k: int,
-                            sem_levels: int, beh_levels: int, iters: int, seed: int):
-    """Raw codes ``[n, L]`` and their token prefixes for one index composition."""
-    levels = sem_levels + beh_levels
-    if composition == "unit":
-        codes = np.hstack([hierarchical_kmeans(sem, k, sem_levels, iters, seed),
-                           hierarchical_kmeans(beh, k, beh_levels, iters, seed)])
-        prefixes = [f"s{i + 1}" for i in range(sem_levels)] + [f"b{i + 1}" for i in range(beh_levels)]
-    elif composition == "semantic":
-        codes = hierarchical_kmeans(sem, k, levels, iters, seed)
-        prefixes = [f"s{i + 1}" for i in range(levels)]
-    elif composition == "behavior":
-        codes = hierarchical_kmeans(beh, k, levels, iters, seed)
-        prefixes = [f"b{i + 1}" for i in range(levels)]
-    elif composition == "random":
-        codes = np.random.default_rng(seed).integers(0, k, size=(len(sem), levels))
-        prefixes = [f"r{i + 1}" for i in range(levels)]
-    else:
-        raise ValueError(f"index_composition must be one of {COMPOSITIONS}, not '{composition}'")
-    return codes, prefixes
+class EAGERLLM(LLMRecommender, SequentialRecommender):
+    """RecBole sequential model; see the module docstring."""
 
-
-def index_key(cache, sem: np.ndarray, beh: np.ndarray, settings: dict) -> str:
-    """The index is a function of the two embedding tables and its settings."""
-    return cache.key("eager-index", sem=array_fingerprint(sem), beh=array_fingerprint(beh),
-                     **settings)
-
-
-class EAGERLLM(SequentialRecommender):
     input_type = InputType.POINTWISE
+    settings_class = EAGERSettings
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.config = config
-        cache = Cache.from_config(config)
-        self.max_prompt = config["llm_max_prompt_tokens"]
-        self.num_beams = config["num_beams"]
-        self.beam_batch_size = config["beam_batch_size"]
+        s = self.read_settings(config)
+        cache = self.cache
+        self.max_prompt = s.llm_max_prompt_tokens
+        self.num_beams = s.num_beams
+        self.beam_batch_size = s.beam_batch_size
 
         # --- exogenous knowledge: semantic (text) and behavioural embeddings
-        sem = item_text_embeddings(dataset, config, cache)
-        if config["behavior_checkpoint"]:
-            beh = checkpoint_item_embeddings(config["behavior_checkpoint"], dataset.item_num)
-        else:
-            beh = train_item_embeddings(config, dataset, config["behavior_model"],
-                                        config["behavior_epochs"], config["behavior_model_args"], cache)
+        sem = item_text_embeddings(dataset, s, cache)
+        if s.behavior_checkpoint:
+            beh = checkpoint_item_embeddings(s.behavior_checkpoint, dataset.item_num)
+        else:  # RecBole's own model and trainer, which read the RecBole config
+            beh = train_item_embeddings(config, dataset, s.behavior_model, s.behavior_epochs,
+                                        s.behavior_model_args, cache)
         self.register_buffer("sem_emb", torch.as_tensor(sem, dtype=torch.float32))
         self.register_buffer("beh_emb", torch.as_tensor(beh, dtype=torch.float32))
 
@@ -99,46 +76,39 @@ class EAGERLLM(SequentialRecommender):
 
         # --- backbone with code tokens and [CON]
         texts = dataset.item_texts()
-        templates = [config[name] for name in ("seqrec_template", "item2index_template",
-                                               "index2item_template", "preference_template")]
-        corpus = [t for t in texts if t] + templates
-        llm, self.tokenizer = load_backbone(config, corpus=corpus, cache=cache)
-        code_ids = add_tokens(llm, self.tokenizer, self.index.tokens())
-        self.con_id = add_tokens(llm, self.tokenizer, [CON_TOKEN], special=True)[0]
+        templates = [s.seqrec_template, s.item2index_template, s.index2item_template,
+                     s.preference_template]
+        llm, code_ids, (self.con_id,) = self.load_llm([t for t in texts if t] + templates,
+                                                      self.index.tokens(), [CON_TOKEN])
         self.trie = self.index.bind(self.tokenizer)
-        self.llm = apply_tuning(llm, config, new_token_ids=code_ids + [self.con_id])
-        self.pad_id = self.tokenizer.pad_token_id
-        self.eos_id = self.tokenizer.eos_token_id
+        self.tune_llm(llm, code_ids + [self.con_id])
 
         # --- templates and per-item token ids, tokenised once
-        self.t_seq = Template(self.tokenizer, config["seqrec_template"], "history")
-        self.t_item2index = Template(self.tokenizer, config["item2index_template"], "text")
-        self.t_index2item = Template(self.tokenizer, config["index2item_template"], "item")
-        self.t_pref = Template(self.tokenizer, config["preference_template"], "history")
-        max_text = config["item_text_max_tokens"]
-        self.item_text_ids = [ids[:max_text] for ids in
+        self.t_seq = Template(self.tokenizer, s.seqrec_template, "history")
+        self.t_item2index = Template(self.tokenizer, s.item2index_template, "text")
+        self.t_index2item = Template(self.tokenizer, s.index2item_template, "item")
+        self.t_pref = Template(self.tokenizer, s.preference_template, "history")
+        self.item_text_ids = [ids[:s.item_text_max_tokens] for ids in
                               self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        self.preferences = self._preference_answers(dataset, config["preference_field"])
+        self.preferences = self._preference_answers(dataset, s.preference_field)
 
         # --- Global Contrast Decompression projectors (training only)
         hidden = llm.config.hidden_size
         self.sem_proj = MLPProjector(hidden, self.sem_emb.shape[1])
         self.beh_proj = MLPProjector(hidden, self.beh_emb.shape[1])
-        self.gct_lambda_sem = config["gct_lambda_sem"]
-        self.gct_lambda_beh = config["gct_lambda_beh"]
-        self.gct_tau = config["gct_temperature"]
-        self.task_weights = dict(config["aux_task_ratio"] or {})
+        self.gct_lambda_sem = s.gct_lambda_sem
+        self.gct_lambda_beh = s.gct_lambda_beh
+        self.gct_tau = s.gct_temperature
+        self.task_weights = dict(s.aux_task_ratio or {})
         self.annealing = False
-        self._rng = np.random.default_rng(config["seed"])
+        self._rng = np.random.default_rng(s.seed)
 
     # ------------------------------------------------------------------ index
     def _build_index(self, sem, beh, cache, dataset) -> ItemIndex:
-        config = self.config
-        settings = dict(composition=config["index_composition"], k=config["index_k"],
-                        sem_levels=config["index_semantic_levels"],
-                        beh_levels=config["index_behavior_levels"],
-                        iters=config["index_kmeans_iters"], seed=config["seed"],
-                        collision=config["index_collision"])
+        s = self.settings
+        settings = dict(composition=s.index_composition, k=s.index_k,
+                        sem_levels=s.index_semantic_levels, beh_levels=s.index_behavior_levels,
+                        iters=s.index_kmeans_iters, seed=s.seed, collision=s.index_collision)
         key = index_key(cache, sem, beh, settings)
         if cache.has_arrays(key):
             return ItemIndex.load(cache, key)
@@ -208,7 +178,7 @@ class EAGERLLM(SequentialRecommender):
         item_len = interaction[self.ITEM_SEQ_LEN]
         targets = interaction[self.POS_ITEM_ID]
         if self.annealing:  # AAT: high-quality recommendation samples only
-            keep = item_len >= self.config["aat_min_history"]
+            keep = item_len >= self.settings.aat_min_history
             if not keep.any():
                 return sum(p.sum() * 0 for p in self.parameters() if p.requires_grad)
             item_seq, item_len, targets = item_seq[keep], item_len[keep], targets[keep]
@@ -246,23 +216,23 @@ class EAGERLLM(SequentialRecommender):
         llm = self.llm.merge_and_unload() if isinstance(self.llm, PeftModel) else self.llm
         for p in self.parameters():
             p.requires_grad_(False)
-        adapter = LoraConfig(r=self.config["aat_lora_r"], lora_alpha=self.config["aat_lora_alpha"],
-                             lora_dropout=self.config["lora_dropout"],
-                             target_modules=list(self.config["aat_target_modules"]),
+        s = self.settings
+        adapter = LoraConfig(r=s.aat_lora_r, lora_alpha=s.aat_lora_alpha, lora_dropout=s.lora_dropout,
+                             target_modules=list(s.aat_target_modules),
                              task_type="CAUSAL_LM")
         self.llm = get_peft_model(llm, adapter)
         self.annealing = True
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         if any(".lora_A." in k for k in state_dict) and not self.annealing \
-                and self.config["aat_epochs"] > 0:
+                and self.settings.aat_epochs > 0:
             self.start_annealing()  # a checkpoint written after the annealing phase
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _inference_llm(self):
         from contextlib import nullcontext
 
-        if self.annealing and not self.config["aat_keep_adapter"]:
+        if self.annealing and not self.settings.aat_keep_adapter:
             return self.llm.disable_adapter()
         return nullcontext()
 
