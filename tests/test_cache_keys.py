@@ -5,8 +5,9 @@ turn (a setting, the data, item text, the content of a model folder or
 checkpoint) and must give a new key; inputs that cannot shape it (logging,
 settings acting in a later stage) keep the key, so caches are still reused.
 """
-import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -220,9 +221,18 @@ def test_llama4rec_keys(cache, tmp_path):
     assert keys(llm_path=str(folder))[1] != first
 
 
-def test_path_fingerprint_is_remembered_on_disk_until_a_file_changes(tmp_path, monkeypatch):
-    import recbole_llm.fingerprint as fingerprint
+# A later run: a new process, which remembers nothing but what is on disk.
+LATER_RUN = """
+import builtins, sys
+from recbole_llm.fingerprint import path_fingerprint
+opened, real_open = [], builtins.open
+builtins.open = lambda f, *a, **k: opened.append(str(f)) or real_open(f, *a, **k)
+print(path_fingerprint(sys.argv[1], sys.argv[2]))
+print(any(p.endswith("model.safetensors") for p in opened))
+"""
 
+
+def test_path_fingerprint_is_remembered_on_disk_until_a_file_changes(tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"\x01" * 32)
@@ -230,13 +240,11 @@ def test_path_fingerprint_is_remembered_on_disk_until_a_file_changes(tmp_path, m
     (folder / ".cache" / "download.lock").write_text("x")
     memo = str(tmp_path / "memo")
     first = path_fingerprint(str(folder), memo)
-    fingerprint._PATH_MEMO.clear()                       # a new process
-    opened = []
-    real_open = open
-    monkeypatch.setattr("builtins.open", lambda f, *a, **k: opened.append(str(f)) or real_open(f, *a, **k))
-    assert path_fingerprint(str(folder), memo) == first
-    assert not any(p.endswith("model.safetensors") for p in opened)   # not read again
-    monkeypatch.undo()
+    later = subprocess.run([sys.executable, "-c", LATER_RUN, str(folder), memo],
+                           capture_output=True, text=True, check=True, timeout=120)
+    again, read_again = later.stdout.split()[-2:]
+    assert again == first
+    assert read_again == "False"                                      # not read again
     (folder / ".cache" / "download.lock").write_text("changed")       # hidden folders: not content
     assert path_fingerprint(str(folder), memo) == first
     (folder / "model.safetensors").write_bytes(b"\x02" * 32)
@@ -253,11 +261,13 @@ def test_tokenizer_key(cache):
 
 
 def test_llama4rec_augmented_base_key(cache):
+    from recbole_llm.model.llama4rec.settings import Llama4RecSettings
     from recbole_llm.model.llama4rec.trainer import augmented_base_key
 
     def key(base="b", llm="l", rows="r", **extra):
         config = Config(model="Llama4Rec", dataset="ml-tiny", config_dict={**TEXT, **extra})
-        return augmented_base_key(cache, config, base, llm, rows)
+        return augmented_base_key(cache, config, Llama4RecSettings.from_config(config), base,
+                                  llm, rows)
 
     first = key()
     assert first == key(alpha1=0.9)                                  # aggregation: after it
@@ -280,8 +290,16 @@ def test_llm_answer_key(tmp_path):
         def complete(self, prompts, max_new_tokens=64, temperature=0.0):
             return [f"{self.name}:{p}" for p in prompts]
 
+    # A new key is a prompt sent to the client (``calls``); the same key is answered
+    # from the store, by this client or a later one over the same folder.
     a = CachedClient(Named("a"), str(tmp_path), show_progress=False)
-    key = a._key("p", 8, 0.0)
-    assert key == a._key("p", 8, 0.0)
-    assert key != a._key("q", 8, 0.0) and key != a._key("p", 9, 0.0) and key != a._key("p", 8, 0.5)
-    assert key != CachedClient(Named("b"), str(tmp_path), show_progress=False)._key("p", 8, 0.0)
+    assert a.complete(["p"], 8, 0.0) == ["a:p"] and a.calls == 1
+    assert a.complete(["p"], 8, 0.0) == ["a:p"] and a.calls == 1
+    for changed in ((["q"], 8, 0.0), (["p"], 9, 0.0), (["p"], 8, 0.5)):  # prompt, length, temperature
+        calls = a.calls
+        a.complete(*changed)
+        assert a.calls == calls + 1, changed
+    again = CachedClient(Named("a"), str(tmp_path), show_progress=False)
+    assert again.complete(["p"], 8, 0.0) == ["a:p"] and again.calls == 0
+    other = CachedClient(Named("b"), str(tmp_path), show_progress=False)  # another client identity
+    assert other.complete(["p"], 8, 0.0) == ["b:p"] and other.calls == 1

@@ -41,11 +41,11 @@ def tuned_llm_key(cache, settings, train_dataset, base_id: str) -> str:
                      settings=settings.key_parts(exclude=settings.AFTER_TUNING))
 
 
-def augmented_base_key(cache, config, base_id: str, llm_id: str, rows_id: str) -> str:
-    """The conventional model retrained on D': its settings, where it started
-    (``aug_warm_start``), the LLM that labelled the rows and the rows themselves."""
+def augmented_base_key(cache, config, settings, base_id: str, llm_id: str, rows_id: str) -> str:
+    """The conventional model retrained on D': RecBole's settings for it, where it
+    started (``aug_warm_start``), the LLM that labelled the rows and the rows."""
     return cache.key("llama4rec-base-aug", base=base_id, llm=llm_id, rows=rows_id,
-                     warm_start=config["aug_warm_start"],
+                     warm_start=settings.aug_warm_start,
                      settings=recbole_settings(config, config["base_model"]))
 
 
@@ -155,7 +155,7 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
             self.logger.info(f"data augmentation: {stats['prompts']} prompts, {stats['valid']} valid "
                              f"answers, {stats['dropped']} dropped (no valid candidate named), "
                              f"{stats['rows']} training rows added to {model.train_rows}")
-            key = augmented_base_key(model.cache, config, base_id, llm_key,
+            key = augmented_base_key(model.cache, config, s, base_id, llm_key,
                                      model.augmented_fingerprint())
             if model.cache.has_arrays(key):  # e.g. an ablation that changes only the aggregation
                 model.load_base_arrays(model.cache.load_arrays(key))
