@@ -1,5 +1,6 @@
 import os
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -33,6 +34,24 @@ def isolated_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["recbole-llm-tests"])
     yield tmp_path
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """The command line, run as a child process from the test's scratch folder.
+
+    ``out = cli("--model=BPR", "--dataset=ml-tiny", timeout=120)`` runs
+    ``python run_recbole_llm.py --model=BPR --dataset=ml-tiny`` with ``tmp_path``
+    as its working directory (its log/ and saved/ land there) and returns the
+    finished :class:`subprocess.CompletedProcess`, stdout and stderr captured as
+    text; a run past ``timeout`` seconds raises :class:`subprocess.TimeoutExpired`.
+    """
+    script = os.path.join(REPO, "run_recbole_llm.py")
+
+    def run(*args, timeout=300):
+        return subprocess.run([sys.executable, script, *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=timeout)
+    return run
 
 
 @pytest.fixture

@@ -1,13 +1,12 @@
 """RecBole's own baselines, end to end through the plugin, on a 60-user slice."""
 import os
-import subprocess
 import sys
 import time
 
 import pytest
 import yaml
 
-from conftest import DATA, ML_TINY, REPO
+from conftest import DATA, ML_TINY
 from recbole_llm.quick_start import run_recbole_llm
 
 CTR = dict(ML_TINY, threshold={"rating": 4},
@@ -35,16 +34,11 @@ def test_ctr_baseline_deepfm():
     assert 0.5 < test["auc"] <= 1.0 and test["logloss"] > 0
 
 
-def _cli(args, cwd):
-    return subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_llm.py"), *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
-def test_command_line_runs_and_prints_test_result(tmp_path):
+def test_command_line_runs_and_prints_test_result(cli, tmp_path):
     user = tmp_path / "tiny.yaml"
     user.write_text(yaml.safe_dump(dict(ML_TINY, epochs=1)))
-    out = _cli(["--model=BPR", "--dataset=ml-tiny", f"--config_files={user}",
-                "--embedding_size=16", "--state=INFO"], tmp_path)
+    out = cli("--model=BPR", "--dataset=ml-tiny", f"--config_files={user}",
+              "--embedding_size=16", "--state=INFO", timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "test result" in out.stdout + out.stderr
 
@@ -56,10 +50,10 @@ def test_command_line_runs_and_prints_test_result(tmp_path):
     (["--model=EAGERLLM", "--llm_path=/no/such/llama"], "llm_path '/no/such/llama' is not a folder"),
     (["--model=ELCoRec", "--text_encoder_path=/no/enc"], "text_encoder_path '/no/enc' is not a folder"),
 ])
-def test_command_line_errors_are_clear(tmp_path, args, message):
+def test_command_line_errors_are_clear(cli, tmp_path, args, message):
     import re
     start = time.time()
-    out = _cli(args + [f"--data_path={DATA}"], tmp_path)
+    out = cli(*args, f"--data_path={DATA}", timeout=600)
     assert time.time() - start < 30                      # before any long work
     assert out.returncode == 2
     assert re.search(message, out.stderr), out.stderr[-2000:]

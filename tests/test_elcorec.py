@@ -1,12 +1,9 @@
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ML_TINY, REPO, build_model
+from conftest import ML_TINY, build_model
 from recbole_llm.config import Config
 from recbole_llm.data import CTRTextDataset
 from recbole_llm.model.elcorec.graph import build_hetero_graph
@@ -127,13 +124,12 @@ def test_rap_picks_similar_and_recent_items_on_a_handmade_history(elcorec):
         model.hist_items[u], model.hist_times[u], model.text_emb, model.text_index = saved
 
 
-def test_end_to_end_command_line(tmp_path):
+def test_end_to_end_command_line(cli, tmp_path):
     args = ["--model=ELCoRec", "--dataset=ml-100k", "--user_inter_num_interval=[20,30]",
             "--llm_hidden_size=32", "--llm_num_layers=1", "--llm_num_heads=2",
             "--llm_vocab_size=500", "--gat_epochs=2", "--train_batch_size=256", "--state=INFO",
             f"--llm_cache_dir={tmp_path / 'cache'}"]
-    out = subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_llm.py"), *args],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    out = cli(*args, timeout=600)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-3000:]
     assert "test result" in log and "auc" in log and "logloss" in log

@@ -1,13 +1,10 @@
 import dataclasses
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ML_TINY, REPO, build_model
+from conftest import ML_TINY, build_model
 from recbole_llm.llm.client import CachedClient, LLMClient
 from recbole_llm.model.llama4rec.aggregation import aggregate_order, long_tail_alpha
 from recbole_llm.model.llama4rec.prompts import LABELS, parse_choice
@@ -233,13 +230,12 @@ def test_labels_are_single_new_tokens(general):
     ("SASRec", ["--MAX_ITEM_LIST_LENGTH=5", "--n_layers=1", "--n_heads=1", "--hidden_size=16",
                 "--inner_size=32"]),
 ])
-def test_end_to_end_per_base_model(tmp_path, base, extra):
+def test_end_to_end_per_base_model(cli, tmp_path, base, extra):
     args = ["--model=Llama4Rec", "--dataset=ml-100k", f"--base_model={base}",
             "--user_inter_num_interval=[20,24]", "--epochs=1", "--it_samples_per_task=32",
             "--aug_users=16", "--llm_hidden_size=32", "--llm_num_layers=1", "--llm_num_heads=2",
             "--llm_vocab_size=400", "--state=INFO", f"--llm_cache_dir={tmp_path / 'cache'}", *extra]
-    out = subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_llm.py"), *args],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = cli(*args, timeout=300)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-3000:]
     for phrase in ("instruction tuning: loss", "data augmentation: 16 prompts",
@@ -247,10 +243,8 @@ def test_end_to_end_per_base_model(tmp_path, base, extra):
         assert phrase in log, phrase
 
 
-def test_bad_base_model_is_a_clear_error(tmp_path):
-    out = subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_llm.py"),
-                          "--model=Llama4Rec", "--dataset=ml-100k", "--base_model=DeepFM"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+def test_bad_base_model_is_a_clear_error(cli):
+    out = cli("--model=Llama4Rec", "--dataset=ml-100k", "--base_model=DeepFM", timeout=120)
     assert out.returncode == 2 and "base_model 'DeepFM'" in out.stderr
 
 
@@ -327,13 +321,12 @@ def test_rating_aggregation_is_alpha_weighted(rating):
     assert all("A recommender predicts" in p for p, _ in samples)
 
 
-def test_end_to_end_rating_prediction(tmp_path):
+def test_end_to_end_rating_prediction(cli, tmp_path):
     args = ["--model=Llama4Rec", "--dataset=ml-100k", "--base_model=DeepFMRating",
             "--user_inter_num_interval=[20,24]", "--epochs=1", "--it_samples_per_task=32",
             "--llm_hidden_size=32", "--llm_num_layers=1", "--llm_num_heads=2",
             "--llm_vocab_size=400", "--state=INFO", f"--llm_cache_dir={tmp_path / 'cache'}"]
-    out = subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_llm.py"), *args],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = cli(*args, timeout=300)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-3000:]
     assert "test result" in log and "rmse" in log and "mae" in log
@@ -351,12 +344,10 @@ def test_similar_users_leave_the_base_model_untouched(general):
     ("--base_checkpoint=/no/such/file.pth", "base_checkpoint '/no/such/file.pth' is not a file"),
     ("--aug_decoding=sampled", "option 'aug_decoding' must be one of constrained, free"),
 ])
-def test_bad_llama4rec_options_fail_before_training(tmp_path, flag, message):
-    out = subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_llm.py"),
-                          "--model=Llama4Rec", "--dataset=ml-100k", "--user_inter_num_interval=[20,24]",
-                          "--llm_hidden_size=32", "--llm_num_layers=1", "--llm_vocab_size=400",
-                          f"--llm_cache_dir={tmp_path / 'cache'}", flag],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+def test_bad_llama4rec_options_fail_before_training(cli, tmp_path, flag, message):
+    out = cli("--model=Llama4Rec", "--dataset=ml-100k", "--user_inter_num_interval=[20,24]",
+              "--llm_hidden_size=32", "--llm_num_layers=1", "--llm_vocab_size=400",
+              f"--llm_cache_dir={tmp_path / 'cache'}", flag, timeout=120)
     assert message in out.stderr + out.stdout
     assert "Training the conventional model" not in out.stdout + out.stderr
 
