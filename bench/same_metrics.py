@@ -20,6 +20,7 @@ from runner import run_row
 HERE = os.path.dirname(os.path.abspath(__file__))
 SMALL_LLM = {"llm_hidden_size": 32, "llm_num_layers": 1, "llm_num_heads": 2, "llm_vocab_size": 400}
 COMMON = {"dataset": "ml-100k", "seed": 2020, "show_progress": False, "epochs": 1,
+          "metric_decimal_place": 8,
           "user_inter_num_interval": "[20,24]"}
 ROWS = {
     "eagerllm": dict(SMALL_LLM, model="EAGERLLM", user_inter_num_interval="[20,21]",
@@ -62,7 +63,7 @@ def compare(a, b):
         for metric in sorted(results[0]):
             x, y = results[0][metric], results[1].get(metric)
             same &= x == y
-            print(f"| {name} | {metric} | {x:.6f} | {y if y is None else f'{y:.6f}'} |")
+            print(f"| {name} | {metric} | {x:.8f} | {y if y is None else f'{y:.8f}'} |")
     print("identical" if same else "DIFFERENT")
     return same
 
