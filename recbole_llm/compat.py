@@ -42,7 +42,8 @@ def _patch_scipy():
         sp.dok_matrix._update = _dok_update
 
 
-def _check_pandas():
+def check_pandas_version():
+    """RecBole 1.2.1 mis-reads data under pandas 3: refuse it at import."""
     major = int(pd.__version__.split(".")[0])
     if major >= 3:
         raise ImportError(
@@ -64,7 +65,7 @@ def check_pandas_copy_on_write():
 def _quiet_known_warnings():
     """Warnings RecBole triggers on every run that this module already handles."""
     # pandas 2.x chained-assignment notice for RecBole's fillna(inplace=True):
-    # it still fills under pandas < 3, which _check_pandas enforces.
+    # it still fills under pandas < 3, which check_pandas_version enforces.
     warnings.filterwarnings("ignore", category=FutureWarning,
                             module=r"recbole\.data\.dataset\.dataset")
     # torch.cuda.amp.GradScaler renamed; RecBole's trainer still uses the old name.
@@ -75,7 +76,7 @@ def apply():
     _quiet_known_warnings()
     _patch_numpy()
     _patch_scipy()
-    _check_pandas()
+    check_pandas_version()
 
 
 apply()

@@ -21,7 +21,7 @@ ClassRef = Union[str, type]
 
 
 @dataclass(frozen=True)
-class PluginModel:
+class RegistryEntry:
     """One registry entry; class references are classes or ``"module:Class"``."""
 
     name: str
@@ -43,7 +43,7 @@ _PLUGIN_MODELS: dict = {}
 
 def register(name: str, model: ClassRef, dataset: Optional[ClassRef] = None,
              trainer: Optional[ClassRef] = None, replace: bool = False,
-             properties=()) -> PluginModel:
+             properties=()) -> RegistryEntry:
     """Add a model to the registry (the plugin's own and users' models alike).
 
     ``properties``: yaml file(s) declaring the model's hyper-parameters with
@@ -55,7 +55,7 @@ def register(name: str, model: ClassRef, dataset: Optional[ClassRef] = None,
     for path in files:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"property file of model '{name}' not found: {path}")
-    entry = PluginModel(name, model, dataset, trainer, tuple(os.path.abspath(p) for p in files))
+    entry = RegistryEntry(name, model, dataset, trainer, tuple(os.path.abspath(p) for p in files))
     _PLUGIN_MODELS[name] = entry
     return entry
 

@@ -24,7 +24,7 @@ def test_dok_update_fills_matrix_like_old_scipy():
 def test_pandas_3_refused(monkeypatch):
     monkeypatch.setattr(pd, "__version__", "3.1.1")
     with pytest.raises(ImportError, match="pandas < 3"):
-        compat._check_pandas()
+        compat.check_pandas_version()
 
 
 def test_copy_on_write_refused():

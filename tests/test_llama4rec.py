@@ -367,3 +367,12 @@ def test_graph_base_caches_travel_with_checkpoints(tmp_path_factory):
     model.load_base_arrays(state)
     assert model.base.restore_user_e is None   # recomputed from the loaded weights
     assert torch.allclose(model.full_sort_predict(Interaction({model.USER_ID: users})), first)
+
+
+def test_offered_labels_count_the_candidate_list_only():
+    from recbole_llm.model.llama4rec.prompts import offered_labels
+
+    assert offered_labels("The user interacted with: [B] Side; Up. Candidates: [A] x; [B] y; [C] z. "
+                          "Answer:") == 3
+    assert offered_labels("Candidates: [A] x; [B] y [D] w. Answer:") == 2
+    assert offered_labels("no list") == 0

@@ -4,7 +4,7 @@ A small model tuned on a few thousand instructions may still put mass on
 labels that were not offered; restricting its one-token answer to the offered
 labels is constrained decoding.  The offered labels are those a prompt lists
 (``[A] ...; [B] ...``: the labels from the first on, up to the first one the
-prompt does not contain).  Answers are computed in batches and cached
+prompt does not contain, or as the prompt's writer counts them: ``offered``).  Answers are computed in batches and cached
 (resumable) under a key of the tuned model and the prompts.
 """
 import hashlib
@@ -15,8 +15,11 @@ from recbole_llm.llm.prompts import answer_distribution
 
 class LabelChoiceClient(LLMClient):
     def __init__(self, llm, tokenizer, labels: list, label_ids: list, max_prompt_tokens: int,
-                 batch_size: int, cache, model_key: str, show_progress: bool = False):
+                 batch_size: int, cache, model_key: str, show_progress: bool = False,
+                 offered=None):
         self.llm, self.tokenizer = llm, tokenizer
+        if offered is not None:
+            self.offered = offered
         self.labels, self.label_ids = list(labels), list(label_ids)
         self.max_prompt_tokens, self.batch_size = max_prompt_tokens, batch_size
         self.cache, self.model_key, self.show_progress = cache, model_key, show_progress
@@ -26,7 +29,7 @@ class LabelChoiceClient(LLMClient):
         return f"labels:{self.model_key}"
 
     def offered(self, prompt: str) -> int:
-        """How many labels the prompt offers."""
+        """How many labels the prompt offers (replaced by the ``offered`` argument)."""
         return next((k for k, label in enumerate(self.labels) if label not in prompt),
                     len(self.labels))
 

@@ -59,37 +59,44 @@ class LLMSettings:
     llm_max_prompt_tokens: int
     item_text_fields: list
     item_text_keyed: bool
-    text_encoder_path: Optional[str]
-    text_encoder_batch_size: int
     show_progress: bool
 
-    #: fields that never change what a model computes (progress bars)
-    RUN_ONLY = ("show_progress", "text_encoder_batch_size")
+    #: fields that never change what a model computes (progress bars, batch sizes
+    #: of inference)
+    RUN_ONLY = ("show_progress",)
 
     @classmethod
     def from_config(cls, config) -> "LLMSettings":
+        """Every field from the config; a field missing from every property file
+        takes its dataclass default, or is an error naming it."""
         values = {}
         for field in dataclasses.fields(cls):
-            if field.name not in config.final_config_dict:
-                raise InputError(f"setting '{field.name}' of {cls.__name__} is missing: no property "
-                                 "file of this run defines it")
-            values[field.name] = config.final_config_dict[field.name]
+            if field.name in config.final_config_dict:
+                values[field.name] = config.final_config_dict[field.name]
+            elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                raise InputError(f"setting '{field.name}' of {cls.__name__} is missing: declare it "
+                                 "in the model's property file")
         return cls(**values)
 
     def __getitem__(self, name):
         """``settings["llm_path"]``: the shared LLM helpers read settings like a config."""
+        if not hasattr(self, name):
+            raise KeyError(f"'{name}' is not a setting of {type(self).__name__}")
         return getattr(self, name)
 
-    def key_parts(self, exclude=()) -> dict:
-        """Every setting (paths as their content) for a cache key, less ``exclude``
-        (settings that act only after the cached stage) and the run-only ones."""
+    def key_parts(self, exclude=(), memo_dir: str = None) -> dict:
+        """Every setting (paths as their content; ``memo_dir``: where content
+        digests are remembered, the cache root) for a cache key, less
+        ``exclude`` (settings acting only after the cached stage) and the
+        run-only ones."""
         parts = {}
         for field in dataclasses.fields(self):
             name = field.name
             if name in exclude or name in self.RUN_ONLY:
                 continue
             value = getattr(self, name)
-            parts[name] = path_fingerprint(value) if name in PATH_KEYS and value else value
+            parts[name] = (path_fingerprint(value, memo_dir) if name in PATH_KEYS and value
+                           else value)
         return parts
 
 

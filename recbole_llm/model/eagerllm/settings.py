@@ -7,6 +7,9 @@ from recbole_llm.model.abstract import LLMSettings
 
 @dataclasses.dataclass(frozen=True)
 class EAGERSettings(LLMSettings):
+    # semantic embeddings
+    text_encoder_path: Optional[str]
+    text_encoder_batch_size: int
     # dual-source index
     index_composition: str
     index_k: int
@@ -42,4 +45,4 @@ class EAGERSettings(LLMSettings):
     num_beams: int
     beam_batch_size: int
 
-    RUN_ONLY = LLMSettings.RUN_ONLY + ("beam_batch_size",)
+    RUN_ONLY = LLMSettings.RUN_ONLY + ("beam_batch_size", "text_encoder_batch_size")

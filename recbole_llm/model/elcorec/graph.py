@@ -1,6 +1,8 @@
 """ELCoRec's GAT expert: the heterogeneous graph of users, items, categorical
 and numerical features, the heterogeneous GAT over it, its pre-training, and
 the cache key of its output."""
+import dataclasses
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -153,8 +155,9 @@ def pretrain_gat(expert, graph, users, items, labels, epochs, lr, weight_decay, 
 
 
 def gat_settings(settings) -> dict:
-    """The expert's settings: every ``gat_*`` field."""
-    return {k: v for k, v in settings.key_parts().items() if k.startswith("gat_")}
+    """The expert's settings: the ``gat_*`` fields of the model's settings."""
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)
+            if f.name.startswith("gat_")}
 
 
 def gat_key(cache, settings, dataset) -> str:

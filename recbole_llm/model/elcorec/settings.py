@@ -7,6 +7,9 @@ from recbole_llm.model.abstract import LLMSettings
 
 @dataclasses.dataclass(frozen=True)
 class ELCoRecSettings(LLMSettings):
+    # item-text embeddings (RAP's retrieval)
+    text_encoder_path: Optional[str]
+    text_encoder_batch_size: int
     # GAT expert
     gat_dim: int
     gat_layers: int
@@ -25,3 +28,5 @@ class ELCoRecSettings(LLMSettings):
     prompt_item_field: Optional[str]
     item_text_max_tokens: int
     elcorec_template: str
+
+    RUN_ONLY = LLMSettings.RUN_ONLY + ("text_encoder_batch_size",)

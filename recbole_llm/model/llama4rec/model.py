@@ -46,6 +46,7 @@ from recbole_llm.model.llama4rec.settings import Llama4RecSettings
 from recbole_llm.model.llama4rec.wrapped import (WrappedModel, forget_cached_outputs,
                                                  load_state_arrays, most_similar_users,
                                                  state_arrays)
+from recbole_llm.model.rating import RatingRegressionMixin
 from recbole_llm.paths import recbole_model_yaml
 
 
@@ -65,7 +66,7 @@ class Llama4Rec(LLMRecommender, AbstractRecommender):
             raise ValueError("Llama4Rec needs base_model: a RecBole general or sequential model, "
                              "e.g. --base_model=LightGCN")
         base = registry.get_model_class(base_name)
-        regression = getattr(base, "regression", False)
+        regression = issubclass(base, RatingRegressionMixin)
         if not regression and (registry.is_plugin_model(base_name) or
                                base.type not in (ModelType.GENERAL, ModelType.SEQUENTIAL)):
             raise ValueError(f"base_model '{base_name}' must be one of RecBole's general or "

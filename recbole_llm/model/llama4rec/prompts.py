@@ -35,6 +35,22 @@ def parse_choice(text: str, n_candidates: int, names=None):
     return None
 
 
+def offered_labels(prompt: str) -> int:
+    """How many candidates a ranking prompt of :class:`PromptWriter` lists: its
+    candidate list starts at the last ``[A] `` and each next label opens an entry
+    after ``; `` (a label inside an item name elsewhere does not count)."""
+    at = prompt.rfind(f"{LABELS[0]} ")
+    if at < 0:
+        return 0
+    count = 1
+    while count < len(LABELS):
+        at = prompt.find(f"; {LABELS[count]} ", at)
+        if at < 0:
+            break
+        count += 1
+    return count
+
+
 class PromptWriter:
     """Renders Llama4Rec's prompts from item names, ratings and templates."""
 

@@ -22,7 +22,7 @@ from recbole_llm.fingerprint import dataset_fingerprint, path_fingerprint, recbo
 from recbole_llm.llm.choice import LabelChoiceClient
 from recbole_llm.llm.client import client_from_config
 from recbole_llm.llm.prompts import answer_lm_loss, training_batch
-from recbole_llm.model.llama4rec.prompts import LABELS
+from recbole_llm.model.llama4rec.prompts import LABELS, offered_labels
 from recbole_llm.trainer import WeightsOnlyCheckpointMixin, load_checkpoint, with_weights_only_checkpoints
 
 
@@ -38,7 +38,8 @@ def tuned_llm_key(cache, settings, train_dataset, base_id: str) -> str:
     tuning, the training data (with item text) and the conventional model it
     was prompted with."""
     return cache.key("llama4rec-llm", base=base_id, data=dataset_fingerprint(train_dataset),
-                     settings=settings.key_parts(exclude=settings.AFTER_TUNING))
+                     settings=settings.key_parts(exclude=settings.AFTER_TUNING,
+                                                 memo_dir=cache.root))
 
 
 def augmented_base_key(cache, config, settings, base_id: str, llm_id: str, rows_id: str) -> str:
@@ -62,15 +63,15 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
                 model.load_base_state(state)
             except RuntimeError as err:
                 raise ValueError(f"base_checkpoint {path} does not fit base_model "
-                                 f"{config['base_model']} on this dataset: {err}") from None
+                                 f"{model.settings.base_model} on this dataset: {err}") from None
             return "ckpt-" + path_fingerprint(path, model.cache.root)
         cache = model.cache
         key = base_key(cache, config, train_data.dataset)
         if cache.has_arrays(key):
             model.load_base_arrays(cache.load_arrays(key))
-            self.logger.info(f"conventional model {config['base_model']} on D: cached ({key})")
+            self.logger.info(f"conventional model {model.settings.base_model} on D: cached ({key})")
             return key
-        self.logger.info(set_color(f"Training the conventional model {config['base_model']} on D",
+        self.logger.info(set_color(f"Training the conventional model {model.settings.base_model} on D",
                                    "green"))
         inner = with_weights_only_checkpoints(Trainer)(config, model.base)
         inner.saved_model_file = os.path.join(cache.root, f"{key}.pth.partial")
@@ -130,7 +131,7 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
                                       local_name=llm_key)
         return LabelChoiceClient(model.llm, model.tokenizer, LABELS, model.label_ids,
                                  s.llm_max_prompt_tokens, s.llm_eval_batch_size, model.cache,
-                                 llm_key, show_progress)
+                                 llm_key, show_progress, offered=offered_labels)
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None):
