@@ -223,6 +223,8 @@ class Config(_RecBoleConfig):
                                self._raw_strings(self._config_dict))
         self.final_config_dict.update({k: v for k, v in checked.items() if v is not given[k]})
         check_settings(self.final_config_dict)
+        if isinstance(self.model_class, type) and issubclass(self.model_class, PluginModel):
+            self.model_class.check_settings(self.final_config_dict)
         if self.final_config_dict.get("behavior_model") and not self.final_config_dict.get(
                 "behavior_checkpoint"):
             try:

@@ -80,3 +80,20 @@ def build_model(tmp_path_factory, model, dataset, settings):
         sys.argv = argv
         os.chdir(cwd)
     return config, data, net, trainer
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_path(tmp_path_factory):
+    """A pretrained-style model folder, as a user would pass it as ``llm_path``:
+    a tiny random Llama and its tokenizer saved with ``save_pretrained``."""
+    from recbole_llm.llm.backbone import small_llama, train_tokenizer
+
+    texts = [line.split("\t", 2)[1] for line in
+             open(os.path.join(DATA, "beauty-tiny", "beauty-tiny.item"), encoding="utf-8")][1:]
+    tokenizer = train_tokenizer(texts + ["The user has purchased the following items"] * 5, 500)
+    model = small_llama(len(tokenizer), hidden=32, layers=2, heads=2,
+                        pad_token_id=tokenizer.pad_token_id)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)

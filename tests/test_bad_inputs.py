@@ -136,6 +136,8 @@ PROBES = [
           "option 'behavior_model': unknown model 'NoSuch'"),
     Probe("negative auxiliary ratio", opts(EAGER, "--aux_task_ratio={'item2index':-1}"), 2,
           "'item2index' must be a number in [0, 1]"),
+    Probe("cut-off past the beams", opts(EAGER, "--topk=[10,50]"), 2,
+          "topk [10, 50] goes past num_beams=20"),
     Probe("zero index clusters", opts(EAGER, "--index_k=0"), 2, "'index_k' (command line) must be at least 1"),
     Probe("negative plugin count", opts(EAGER, "--gct_lambda_sem=-5"), 2,
           "'gct_lambda_sem' (command line) must be >= 0"),

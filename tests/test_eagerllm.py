@@ -150,3 +150,53 @@ def test_end_to_end_on_ml100k_under_a_minute(cli, tmp_path):
     assert out.returncode == 0, log[-3000:]
     assert "Annealing adapter tuning" in log and "test result" in log and "ndcg@10" in log
     assert elapsed < 60, f"took {elapsed:.0f} s"
+
+
+def _build_here(settings, tmp_path):
+    """Build in the test's own folder (RecBole's trainer writes logs relative to it)."""
+    from recbole_llm.config import Config
+    from recbole_llm.quick_start import build
+
+    config = Config(model="EAGERLLM", dataset="beauty-tiny",
+                    config_dict=dict(settings, llm_cache_dir=str(tmp_path / "cache")))
+    return build(config)
+
+
+def test_pretrained_llm_with_lora_trains_both_phases_and_reloads(tiny_llm_path, tmp_path):
+    """The path users take: a local pretrained model, LoRA by default, stage one
+    then annealing, the checkpoint reloaded into a freshly built model."""
+    from peft import PeftModel
+
+    from recbole_llm.trainer import load_checkpoint
+
+    settings = dict(TINY_EAGER, llm_path=tiny_llm_path)
+    _, (train, valid, test), model, trainer = _build_here(settings, tmp_path)
+    assert isinstance(model.llm, PeftModel)                       # auto: LoRA on llm_path
+    trainer.fit(train, valid, saved=True)
+    result = trainer.evaluate(test, load_best_model=True)
+    assert 0 <= result["ndcg@10"] <= 1
+    state = load_checkpoint(trainer.saved_model_file)["state_dict"]
+    _, _, fresh, fresh_trainer = _build_here(settings, tmp_path)
+    fresh_trainer.load_model_weights(trainer.saved_model_file)
+    assert fresh.annealing == bool(state["annealed"])
+    for name, tensor in fresh.state_dict().items():
+        assert torch.equal(tensor.cpu(), state[name].cpu()), name
+
+
+@pytest.mark.parametrize("scores, kept", [((0.5, 0.1), "stage one"), ((0.1, 0.5), "annealed")])
+def test_annealing_is_kept_only_if_it_validates_as_well(tmp_path, monkeypatch, scores, kept):
+    from recbole_llm.trainer import load_checkpoint
+
+    _, (train, valid, _), model, trainer = _build_here(TINY_EAGER, tmp_path)
+    calls = iter(scores)
+
+    def scripted_validation(valid_data, show_progress=False):
+        score = next(calls)
+        return score, {"ndcg@10": score}
+
+    monkeypatch.setattr(trainer, "_valid_epoch", scripted_validation)
+    best = trainer.fit(train, valid, saved=True)
+    annealed = kept == "annealed"
+    assert best[0] == max(scores) and model.annealing == annealed
+    assert bool(load_checkpoint(trainer.saved_model_file)["state_dict"]["annealed"]) == annealed
+    assert not list(tmp_path.rglob("*.stage-one"))

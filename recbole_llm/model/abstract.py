@@ -38,6 +38,11 @@ class PluginModel:
         """``(model class, property files)`` for a wrapper around ``base_name``."""
         return cls, []
 
+    @classmethod
+    def check_settings(cls, final: dict) -> None:
+        """Raise :class:`InputError` for settings this model cannot run with,
+        before any data loads (the run's final settings)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class LLMSettings:

@@ -32,6 +32,7 @@ import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
+from recbole_llm.errors import InputError
 from recbole_llm.llm.encoder import item_text_embeddings
 from recbole_llm.llm.generation import constrained_beam_search, to_full_sort_scores
 from recbole_llm.llm.prompts import (Template, answer_lm_loss, answer_logprob, inference_batch,
@@ -81,7 +82,8 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
         llm, code_ids, (self.con_id,) = self.load_llm([t for t in texts if t] + templates,
                                                       self.index.tokens(), [CON_TOKEN])
         self.trie = self.index.bind(self.tokenizer)
-        self.tune_llm(llm, code_ids + [self.con_id])
+        self._new_token_ids = code_ids + [self.con_id]
+        self.tune_llm(llm, self._new_token_ids)
 
         # --- templates and per-item token ids, tokenised once
         self.t_seq = Template(self.tokenizer, s.seqrec_template, "history")
@@ -101,7 +103,19 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
         self.gct_tau = s.gct_temperature
         self.task_weights = dict(s.aux_task_ratio or {})
         self.annealing = False
+        # saved with the weights: a checkpoint says which structure it needs
+        self.register_buffer("annealed", torch.tensor(False))
         self._rng = np.random.default_rng(s.seed)
+
+    @classmethod
+    def check_settings(cls, final: dict) -> None:
+        """Beam search returns ``num_beams`` items per user: a metric cut-off
+        beyond it would rank ties in id order."""
+        topk = final.get("topk") or []
+        topk = [topk] if isinstance(topk, int) else topk
+        if topk and max(topk) > final["num_beams"]:
+            raise InputError(f"topk {list(topk)} goes past num_beams={final['num_beams']}: beam "
+                             f"search ranks only num_beams items; set num_beams >= {max(topk)}")
 
     # ------------------------------------------------------------------ index
     def _build_index(self, sem, beh, cache, dataset) -> ItemIndex:
@@ -208,7 +222,8 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
 
     # -------------------------------------------------------------- annealing
     def start_annealing(self):
-        """Freeze the stage-one model and add the annealing LoRA adapter."""
+        """Freeze the stage-one model (a stage-one LoRA adapter merged into it)
+        and add the annealing LoRA adapter."""
         from peft import LoraConfig, PeftModel, get_peft_model
 
         if self.annealing:
@@ -222,11 +237,36 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
                              task_type="CAUSAL_LM")
         self.llm = get_peft_model(llm, adapter)
         self.annealing = True
+        self.annealed.fill_(True)
+
+    def end_annealing(self):
+        """Back to the stage-one structure (annealing adapter removed, a stage-one
+        LoRA adapter put back), ready for stage-one weights."""
+        if not self.annealing:
+            return
+        llm = self.llm.unload()
+        for p in self.parameters():
+            p.requires_grad_(True)
+        self.tune_llm(llm, self._new_token_ids)
+        self.annealing = False
+        self.annealed.fill_(False)
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
-        if any(".lora_A." in k for k in state_dict) and not self.annealing \
-                and self.settings.aat_epochs > 0:
-            self.start_annealing()  # a checkpoint written after the annealing phase
+        """Weights of either phase: the checkpoint's ``annealed`` flag picks the
+        structure (checkpoints written before the flag: LoRA keys in a fully
+        tuned model mean annealed)."""
+        from recbole_llm.llm.backbone import resolve_tuning
+
+        if "annealed" in state_dict:
+            annealed = bool(state_dict["annealed"])
+        else:
+            annealed = resolve_tuning(self.settings) == "full" and \
+                any(".lora_A." in k for k in state_dict)
+            state_dict = dict(state_dict, annealed=torch.tensor(annealed))
+        if annealed:
+            self.start_annealing()
+        else:
+            self.end_annealing()
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _inference_llm(self):

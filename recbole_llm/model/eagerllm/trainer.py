@@ -3,9 +3,14 @@
 Phase one is RecBole's own ``fit`` (multi-task + GCT, validation, early
 stopping, best checkpoint).  Phase two, Annealing Adapter Tuning, loads the
 best stage-one weights, freezes them, adds the annealing adapter and runs
-``fit`` again for ``aat_epochs`` with its own learning rate; its best
-checkpoint is the one ``evaluate`` reloads.
+``fit`` again for ``aat_epochs`` with its own learning rate.  The annealed
+model is kept only if it validates at least as well as stage one; otherwise
+the stage-one checkpoint is put back (both scores are logged), so
+``evaluate`` reloads the better of the two.
 """
+import os
+import shutil
+
 from recbole.trainer import Trainer
 
 from recbole_llm.trainer import WeightsOnlyCheckpointMixin
@@ -19,8 +24,12 @@ class EAGERTrainer(WeightsOnlyCheckpointMixin, Trainer):
         epochs = settings.aat_epochs
         if not epochs or self.model.annealing:
             return result
-        if saved and valid_data:
+        compare = saved and valid_data is not None and os.path.isfile(self.saved_model_file)
+        stage_one = f"{self.saved_model_file}.stage-one"
+        if compare:
             self.load_model_weights(self.saved_model_file)  # best stage-one weights
+            shutil.copyfile(self.saved_model_file, stage_one)
+        stage_one_score, stage_one_result = self.best_valid_score, self.best_valid_result
         self.model.start_annealing()
         self.logger.info(f"Annealing adapter tuning: {epochs} epoch(s) on samples with at least "
                          f"{settings.aat_min_history} history items")
@@ -31,4 +40,18 @@ class EAGERTrainer(WeightsOnlyCheckpointMixin, Trainer):
         self.eval_step = epochs  # validate (and save) once, after the annealing epochs
         self.best_valid_score = float("-inf") if self.valid_metric_bigger else float("inf")
         self.best_valid_result = None
-        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        annealed = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        if not compare:
+            return annealed
+        better = annealed[0] >= stage_one_score if self.valid_metric_bigger \
+            else annealed[0] <= stage_one_score
+        self.logger.info(f"valid {self.config['valid_metric']}: stage one {stage_one_score:.4f}, "
+                         f"after annealing {annealed[0]:.4f}: keeping "
+                         f"{'the annealed model' if better else 'stage one'}")
+        if better:
+            os.remove(stage_one)
+            return annealed
+        os.replace(stage_one, self.saved_model_file)
+        self.load_model_weights(self.saved_model_file)
+        self.best_valid_score, self.best_valid_result = stage_one_score, stage_one_result
+        return stage_one_score, stage_one_result
