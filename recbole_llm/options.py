@@ -161,7 +161,7 @@ _RANGES = [
     (r"llm_(vocab_size|hidden_size|num_layers|num_heads|max_positions)", _at_least(1)),
     (r".*_timeout", _POSITIVE),
     (r".*temperature", _POSITIVE),
-    (r"(.*_prob|fixed_alpha|alpha1|alpha2)", _interval(0, 1)),
+    (r"(.*_prob|.*_share|fixed_alpha|alpha1|alpha2)", _interval(0, 1)),
 ]
 # the plugin's own numeric options: no count, size, step, weight or rate is negative
 # (RecBole's are left to RecBole: some of its models take negative values)
@@ -177,6 +177,7 @@ CHOICES = {
     "index_collision": ("reassign", "extra_code"),
     "aug_decoding": ("constrained", "free"),
     "long_tail_transform": ("log", "linear"),
+    "gct_projector": ("linear", "mlp"),
 }
 
 
@@ -274,6 +275,10 @@ def check_settings(final: dict) -> None:
     teacher = final.get("teacher")  # RecBole's KD_DAGFM evaluates it as a class name
     if teacher is not None and not (isinstance(teacher, str) and teacher.isidentifier()):
         raise InputError(f"option 'teacher' must be a model class name, got {teacher!r}")
+    for key, value in (final.get("task_loss_weights") or {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise InputError(f"option 'task_loss_weights': '{key}' must be a number >= 0, "
+                             f"got {value!r}")
     for key, value in (final.get("aux_task_ratio") or {}).items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise InputError(f"option 'aux_task_ratio': '{key}' must be a number in [0, 1], "

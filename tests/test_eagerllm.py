@@ -78,15 +78,15 @@ def test_gct_gradient_reaches_projectors_and_backbone(eager):
     model.zero_grad()
     with_gct = model.calculate_loss(batch)
     with_gct.backward()
-    assert model.sem_proj[0].weight.grad.abs().sum() > 0
-    assert model.beh_proj[0].weight.grad.abs().sum() > 0
+    assert next(model.sem_proj.parameters()).grad.abs().sum() > 0
+    assert next(model.beh_proj.parameters()).grad.abs().sum() > 0
     assert model.llm.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
     lam = model.gct_lambda_sem, model.gct_lambda_beh
     model.gct_lambda_sem = model.gct_lambda_beh = 0.0
     model.zero_grad()
     without = model.calculate_loss(batch)
     without.backward()
-    assert model.sem_proj[0].weight.grad is None or model.sem_proj[0].weight.grad.abs().sum() == 0
+    assert next(model.sem_proj.parameters()).grad is None or next(model.sem_proj.parameters()).grad.abs().sum() == 0
     model.gct_lambda_sem, model.gct_lambda_beh = lam
 
 
@@ -200,3 +200,72 @@ def test_annealing_is_kept_only_if_it_validates_as_well(tmp_path, monkeypatch, s
     assert best[0] == max(scores) and model.annealing == annealed
     assert bool(load_checkpoint(trainer.saved_model_file)["state_dict"]["annealed"]) == annealed
     assert not list(tmp_path.rglob("*.stage-one"))
+
+
+def test_each_task_weighs_its_own_mean_loss(eager):
+    """A long text answer no longer outweighs a four-code recommendation answer:
+    the recommendation term is the same with or without text rows beside it,
+    and the total is the weighted sum of the task terms."""
+    from recbole_llm.llm.prompts import training_batch
+
+    _, (train, _, _), model, _ = eager
+    rows = next(iter(train))
+    seq, lens = rows[model.ITEM_SEQ][:4], rows[model.ITEM_SEQ_LEN][:4]
+    items = rows[model.POS_ITEM_ID][:4].tolist()
+    prompts = model.history_prompts(seq, lens)
+    answers = [model.index.token_ids(i) for i in items]
+    text = [model.item_text_ids[i] + [model.eos_id] for i in items[:2]]
+    rec_only = training_batch(prompts, answers, model.pad_id, model.max_prompt)
+    mixed = training_batch(prompts + prompts[:2], answers + text, model.pad_id, model.max_prompt)
+    tasks = ["seqrec"] * 4 + ["index2item"] * 2
+    weights = model.loss_weights
+    model.eval()
+    try:
+        with torch.no_grad():
+            model.loss_weights = {"seqrec": 1.0, "index2item": 0.0}
+            rec_alone = model.task_loss(rec_only, tasks[:4])[0].item()
+            rec_mixed = model.task_loss(mixed, tasks)[0].item()
+            model.loss_weights = {"seqrec": 0.0, "index2item": 1.0}
+            txt = model.task_loss(mixed, tasks)[0].item()
+            model.loss_weights = {"seqrec": 1.0, "index2item": 0.2}
+            both = model.task_loss(mixed, tasks)[0].item()
+    finally:
+        model.loss_weights = weights
+    assert rec_mixed == pytest.approx(rec_alone, rel=1e-4)
+    assert both == pytest.approx(rec_mixed + 0.2 * txt, rel=1e-5)
+
+
+def test_history_items_are_separated_and_templates_vary_in_training_only(eager):
+    _, (train, _, _), model, _ = eager
+    rows = next(iter(train))
+    seq, lens = rows[model.ITEM_SEQ], rows[model.ITEM_SEQ_LEN]
+    first = model.templates["seqrec"][0]
+    inference = model.history_prompts(seq, lens)
+    r = int(torch.argmax(lens))                      # the longest history
+    codes = [model.index.token_ids(int(i)) for i in seq[r, :lens[r]].tolist()]
+    expected = [t for n, c in enumerate(codes) for t in (model.separator_ids if n else []) + c]
+    assert inference[r] == first.fill(expected) and model.separator_ids
+    training = model.history_prompts(seq, lens, training=True)
+    prefixes = {tuple(p[:len(t.prefix)]) for p in training for t in model.templates["seqrec"]
+                if p[:len(t.prefix)] == t.prefix}
+    assert len(prefixes) > 1                         # several templates drawn across rows
+    assert all(p[:len(first.prefix)] == first.prefix for p in inference)
+
+
+def test_sampled_negatives_sharpen_info_nce_and_never_hold_the_positive():
+    torch.manual_seed(0)
+    q, k = torch.randn(4, 8), torch.randn(4, 8)
+    ids = torch.arange(1, 5)
+    base = info_nce(q, k, 0.1, ids)
+    harder = info_nce(q, k, 0.1, ids, extra_keys=torch.randn(64, 8), extra_ids=torch.arange(10, 74))
+    assert harder > base                                              # more negatives, larger loss
+    # the batch's own items sampled again: a row's own item is never its negative
+    masked = info_nce(q, k, 0.1, ids, extra_keys=k.clone(), extra_ids=ids)
+    unmasked = info_nce(q, k, 0.1, ids, extra_keys=k.clone(), extra_ids=ids + 100)
+    assert unmasked > masked
+
+
+def test_preference_answers_leave_out_values_every_item_has(eager):
+    _, _, model, _ = eager
+    values = [v for item in model.preferences[1:] for v in item]
+    assert values and "Beauty" not in values   # every beauty-tiny item is in "Beauty"

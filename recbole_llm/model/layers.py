@@ -5,10 +5,11 @@ import torch.nn.functional as F
 
 
 def info_nce(queries: torch.Tensor, keys: torch.Tensor, temperature: float = 0.07,
-             key_ids: torch.Tensor = None) -> torch.Tensor:
-    """InfoNCE with in-batch negatives: row ``i`` of ``queries`` should match row
-    ``i`` of ``keys``.  Rows with the same ``key_ids`` (the same item twice in
-    a batch) are not used as each other's negatives."""
+             key_ids: torch.Tensor = None, extra_keys: torch.Tensor = None,
+             extra_ids: torch.Tensor = None) -> torch.Tensor:
+    """InfoNCE: row ``i`` of ``queries`` should match row ``i`` of ``keys``, against
+    the other rows (in-batch negatives) and ``extra_keys`` (sampled negatives).
+    A negative with the row's own id (the same item twice) is left out."""
     q = F.normalize(queries, dim=-1)
     k = F.normalize(keys, dim=-1)
     logits = q @ k.T / temperature
@@ -16,7 +17,21 @@ def info_nce(queries: torch.Tensor, keys: torch.Tensor, temperature: float = 0.0
         same = key_ids[:, None] == key_ids[None, :]
         same.fill_diagonal_(False)
         logits = logits.masked_fill(same, float("-inf"))
+    if extra_keys is not None and len(extra_keys):
+        extra = q @ F.normalize(extra_keys, dim=-1).T / temperature
+        if key_ids is not None and extra_ids is not None:
+            extra = extra.masked_fill(key_ids[:, None] == extra_ids[None, :], float("-inf"))
+        logits = torch.cat([logits, extra], dim=1)
     return F.cross_entropy(logits, torch.arange(len(q), device=q.device))
+
+
+def projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
+    """``linear`` (the EAGER-LLM authors' code) or ``mlp`` (:class:`MLPProjector`)."""
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim)
+    if kind == "mlp":
+        return MLPProjector(in_dim, out_dim)
+    raise ValueError(f"projector must be 'linear' or 'mlp', not '{kind}'")
 
 
 class MLPProjector(nn.Sequential):

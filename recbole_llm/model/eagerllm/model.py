@@ -29,19 +29,20 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from recbole_llm.errors import InputError
 from recbole_llm.llm.encoder import item_text_embeddings
 from recbole_llm.llm.generation import constrained_beam_search, to_full_sort_scores
-from recbole_llm.llm.prompts import (Template, answer_lm_loss, answer_logprob, inference_batch,
+from recbole_llm.llm.prompts import (Template, answer_logits, answer_logprob, inference_batch,
                                      training_batch)
 from recbole_llm.model.abstract import LLMRecommender
 from recbole_llm.model.conventional import checkpoint_item_embeddings, train_item_embeddings
 from recbole_llm.model.eagerllm.index import build_dual_source_codes, index_key
 from recbole_llm.model.eagerllm.settings import EAGERSettings
-from recbole_llm.model.layers import MLPProjector, info_nce
+from recbole_llm.model.layers import info_nce, projector
 from recbole_llm.tokenization import ItemIndex
 
 CON_TOKEN = "[CON]"
@@ -77,31 +78,44 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
 
         # --- backbone with code tokens and [CON]
         texts = dataset.item_texts()
-        templates = [s.seqrec_template, s.item2index_template, s.index2item_template,
-                     s.preference_template]
-        llm, code_ids, (self.con_id,) = self.load_llm([t for t in texts if t] + templates,
-                                                      self.index.tokens(), [CON_TOKEN])
+        templates = {task: [text] if isinstance(text, str) else list(text) for task, text in (
+            ("seqrec", s.seqrec_template), ("item2index", s.item2index_template),
+            ("index2item", s.index2item_template), ("preference", s.preference_template))}
+        corpus = [t for t in texts if t] + [t for group in templates.values() for t in group] \
+            + [s.history_separator]
+        llm, code_ids, (self.con_id,) = self.load_llm(corpus, self.index.tokens(), [CON_TOKEN])
         self.trie = self.index.bind(self.tokenizer)
         self._new_token_ids = code_ids + [self.con_id]
         self.tune_llm(llm, self._new_token_ids)
 
-        # --- templates and per-item token ids, tokenised once
-        self.t_seq = Template(self.tokenizer, s.seqrec_template, "history")
-        self.t_item2index = Template(self.tokenizer, s.item2index_template, "text")
-        self.t_index2item = Template(self.tokenizer, s.index2item_template, "item")
-        self.t_pref = Template(self.tokenizer, s.preference_template, "history")
+        # --- templates (the first of each task is the one used at inference), the
+        # separator between history items, per-item token ids: tokenised once
+        slots = {"seqrec": "history", "item2index": "text", "index2item": "item",
+                 "preference": "history"}
+        self.templates = {task: [Template(self.tokenizer, text, slots[task]) for text in group]
+                          for task, group in templates.items()}
+        self.separator_ids = self.tokenizer(s.history_separator,
+                                            add_special_tokens=False)["input_ids"] \
+            if s.history_separator else []
         self.item_text_ids = [ids[:s.item_text_max_tokens] for ids in
                               self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
         self.preferences = self._preference_answers(dataset, s.preference_field)
 
         # --- Global Contrast Decompression projectors (training only)
         hidden = llm.config.hidden_size
-        self.sem_proj = MLPProjector(hidden, self.sem_emb.shape[1])
-        self.beh_proj = MLPProjector(hidden, self.beh_emb.shape[1])
+        self.sem_proj = projector(s.gct_projector, hidden, self.sem_emb.shape[1])
+        self.beh_proj = projector(s.gct_projector, hidden, self.beh_emb.shape[1])
         self.gct_lambda_sem = s.gct_lambda_sem
         self.gct_lambda_beh = s.gct_lambda_beh
         self.gct_tau = s.gct_temperature
-        self.task_weights = dict(s.aux_task_ratio or {})
+        self.task_ratio = dict(s.aux_task_ratio or {})
+        self.loss_weights = dict(s.task_loss_weights or {})
+        for task in ["seqrec", *self.task_ratio]:
+            if task not in slots:
+                raise ValueError(f"unknown auxiliary task '{task}' (item2index, index2item, "
+                                 "preference)")
+            if task not in self.loss_weights:
+                raise ValueError(f"task_loss_weights has no weight for task '{task}'")
         self.annealing = False
         # saved with the weights: a checkpoint says which structure it needs
         self.register_buffer("annealed", torch.tensor(False))
@@ -137,34 +151,58 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
         return index
 
     def _preference_answers(self, dataset, field):
-        """Per item, its values of ``preference_field`` (e.g. categories, genre)."""
+        """Per item, its values of ``preference_field`` (e.g. categories, genre),
+        less the values more than ``preference_exclude_share`` of all items hold:
+        on Beauty every item is in "Beauty", and an answer that always starts
+        with it carries no preference."""
         if not field:
             return None
-        return dataset.item_field_values(field)
+        values = dataset.item_field_values(field)
+        counts = {}
+        for item_values in values[1:]:
+            for v in set(item_values):
+                counts[v] = counts.get(v, 0) + 1
+        common = {v for v, n in counts.items()
+                  if n > self.settings.preference_exclude_share * (len(values) - 1)}
+        return [[v for v in item_values if v not in common] for item_values in values]
 
     # --------------------------------------------------------------- prompts
     def _history_ids(self, seq, length) -> list:
-        return [t for item in seq[:length] for t in self.index.token_ids(int(item))]
+        """The items' code tokens, in order, the separator between two items."""
+        out = []
+        for n, item in enumerate(seq[:length]):
+            if n:
+                out += self.separator_ids
+            out += self.index.token_ids(int(item))
+        return out
 
-    def _seq_prompts(self, item_seq, item_len) -> list:
+    def _template(self, task: str, training: bool) -> Template:
+        """At inference the task's first template, in training one drawn per row."""
+        group = self.templates[task]
+        return group[int(self._rng.integers(len(group)))] if training and len(group) > 1 \
+            else group[0]
+
+    def history_prompts(self, item_seq, item_len, training: bool = False) -> list:
+        """Next-item prompts (token ids) of a batch of histories."""
         seqs, lens = item_seq.tolist(), item_len.tolist()
-        return [self.t_seq.fill(self._history_ids(s, n)) for s, n in zip(seqs, lens)]
+        return [self._template("seqrec", training).fill(self._history_ids(s, n))
+                for s, n in zip(seqs, lens)]
 
     def _aux_samples(self, item_seq, item_len, targets):
         """Index <-> text reconstruction and preference understanding rows."""
-        prompts, answers = [], []
+        prompts, answers, tasks = [], [], []
         n = len(targets)
         items = targets.tolist()
-        for task, ratio in self.task_weights.items():
+        for task, ratio in self.task_ratio.items():
             count = int(math.ceil(ratio * n)) if ratio > 0 else 0
             rows = self._rng.choice(n, size=min(count, n), replace=False) if count else []
             for r in rows:
                 item = items[r]
                 if task == "item2index":
-                    prompts.append(self.t_item2index.fill(self.item_text_ids[item]))
+                    prompts.append(self._template(task, True).fill(self.item_text_ids[item]))
                     answers.append(self.index.token_ids(item))
                 elif task == "index2item":
-                    prompts.append(self.t_index2item.fill(self.index.token_ids(item)))
+                    prompts.append(self._template(task, True).fill(self.index.token_ids(item)))
                     answers.append(self.item_text_ids[item] + [self.eos_id])
                 elif task == "preference":
                     if self.preferences is None:
@@ -179,12 +217,12 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
                         continue
                     top = sorted(counts, key=lambda v: (-counts[v], v))[:2]
                     answer = self.tokenizer(", ".join(top), add_special_tokens=False)["input_ids"]
-                    prompts.append(self.t_pref.fill(self._history_ids(history, length)))
+                    prompts.append(self._template(task, True).fill(self._history_ids(history, length)))
                     answers.append(answer + [self.eos_id])
                 else:
-                    raise ValueError(f"unknown auxiliary task '{task}' in aux_task_ratio "
-                                     "(item2index, index2item, preference)")
-        return prompts, answers
+                    continue
+                tasks.append(task)
+        return prompts, answers, tasks
 
     # ------------------------------------------------------------------ train
     def calculate_loss(self, interaction):
@@ -196,29 +234,54 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
             if not keep.any():
                 return sum(p.sum() * 0 for p in self.parameters() if p.requires_grad)
             item_seq, item_len, targets = item_seq[keep], item_len[keep], targets[keep]
-        prompts = self._seq_prompts(item_seq, item_len)
+        prompts = self.history_prompts(item_seq, item_len, training=True)
         answers = [self.index.token_ids(int(t)) for t in targets.tolist()]
         use_gct = not self.annealing and (self.gct_lambda_sem > 0 or self.gct_lambda_beh > 0)
         suffixes = [[self.con_id]] * len(prompts) if use_gct else None
         n_rec = len(prompts)
+        tasks = ["seqrec"] * n_rec
         if not self.annealing:
-            aux_prompts, aux_answers = self._aux_samples(item_seq, item_len, targets)
-            prompts, answers = prompts + aux_prompts, answers + aux_answers
+            aux_prompts, aux_answers, aux_tasks = self._aux_samples(item_seq, item_len, targets)
+            prompts, answers, tasks = prompts + aux_prompts, answers + aux_answers, tasks + aux_tasks
             if suffixes is not None:
                 suffixes = suffixes + [[] for _ in aux_prompts]
         device = self.item_codes.device
         batch = training_batch(prompts, answers, self.pad_id, self.max_prompt, suffixes,
                                dtype=self.llm.dtype).to(device)
-        loss, hidden = answer_lm_loss(self.llm, batch)
+        loss, hidden = self.task_loss(batch, tasks)
         if use_gct:
             h_con = hidden[batch.ends[:n_rec, 0], batch.ends[:n_rec, 1]]  # [CON]'s last hidden state
+            negatives = self._gct_negatives(device)
             if self.gct_lambda_sem > 0:
                 loss = loss + self.gct_lambda_sem * info_nce(
-                    self.sem_proj(h_con), self.sem_emb[targets], self.gct_tau, targets)
+                    self.sem_proj(h_con), self.sem_emb[targets], self.gct_tau, targets,
+                    self.sem_emb[negatives], negatives)
             if self.gct_lambda_beh > 0:
                 loss = loss + self.gct_lambda_beh * info_nce(
-                    self.beh_proj(h_con), self.beh_emb[targets], self.gct_tau, targets)
+                    self.beh_proj(h_con), self.beh_emb[targets], self.gct_tau, targets,
+                    self.beh_emb[negatives], negatives)
         return loss
+
+    def task_loss(self, batch, tasks: list):
+        """Sum over tasks of ``task_loss_weights[task]`` x the task's mean token loss:
+        pooled over tokens, a 49-token text answer would outweigh a 4-code
+        recommendation answer; ``(loss, last hidden states)``."""
+        logits, target, (rows, cols), hidden = answer_logits(self.llm, batch)
+        token_loss = F.cross_entropy(logits, target, reduction="none")
+        names = sorted(set(tasks))
+        task_of_seq = torch.as_tensor([names.index(t) for t in tasks], device=token_loss.device)
+        task_of_token = task_of_seq[batch.owner[rows, cols]]
+        sums = torch.zeros(len(names), device=token_loss.device).index_add(0, task_of_token, token_loss)
+        counts = torch.bincount(task_of_token, minlength=len(names)).clamp(min=1)
+        weights = torch.as_tensor([float(self.loss_weights[t]) for t in names], device=sums.device)
+        return (weights * sums / counts).sum(), hidden
+
+    def _gct_negatives(self, device) -> torch.Tensor:
+        """``gct_negatives`` items drawn uniformly (with replacement) per batch."""
+        n = self.settings.gct_negatives
+        if not n:
+            return torch.zeros(0, dtype=torch.long, device=device)
+        return torch.as_tensor(self._rng.integers(1, self.n_items, size=n), device=device)
 
     # -------------------------------------------------------------- annealing
     def start_annealing(self):
@@ -283,7 +346,7 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
         items, scores = [], []
         with self._inference_llm():
             for start in range(0, len(item_seq), self.beam_batch_size):
-                prompts = self._seq_prompts(item_seq[start:start + self.beam_batch_size],
+                prompts = self.history_prompts(item_seq[start:start + self.beam_batch_size],
                                             item_len[start:start + self.beam_batch_size])
                 input_ids, mask = inference_batch(prompts, self.pad_id, self.max_prompt)
                 device = self.item_codes.device
@@ -300,7 +363,7 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
     @torch.no_grad()
     def predict(self, interaction):
         """Log-probability of each candidate item's codes (sampled evaluation)."""
-        prompts = self._seq_prompts(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        prompts = self.history_prompts(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         answers = [self.index.token_ids(int(i)) for i in interaction[self.ITEM_ID].tolist()]
         with self._inference_llm():
             return answer_logprob(self.llm, prompts, answers, self.pad_id, self.max_prompt)

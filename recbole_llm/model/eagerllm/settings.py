@@ -21,18 +21,23 @@ class EAGERSettings(LLMSettings):
     behavior_epochs: int
     behavior_model_args: dict
     behavior_checkpoint: Optional[str]
-    # multi-task training
-    seqrec_template: str
-    item2index_template: str
-    index2item_template: str
-    preference_template: str
+    # multi-task training (a template: one text, or a list sampled per training row)
+    seqrec_template: object
+    item2index_template: object
+    index2item_template: object
+    preference_template: object
+    history_separator: str
     preference_field: Optional[str]
+    preference_exclude_share: float
     aux_task_ratio: dict
+    task_loss_weights: dict
     item_text_max_tokens: int
     # global contrast decompression
     gct_lambda_sem: float
     gct_lambda_beh: float
     gct_temperature: float
+    gct_negatives: int
+    gct_projector: str
     # annealing adapter tuning
     aat_epochs: int
     aat_min_history: int
