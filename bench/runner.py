@@ -28,6 +28,14 @@ init_logger(config)
 start = time.time()
 _, (train, valid, test), _, trainer = build(config)
 prep = time.time() - start
+curve = []  # the validation result after every validation, in order
+validate = trainer._valid_epoch
+def record(*args, **kwargs):
+    score, result = validate(*args, **kwargs)
+    curve.append({k: float(v) for k, v in result.items()})
+    print("VALID " + json.dumps(curve[-1]), flush=True)
+    return score, result
+trainer._valid_epoch = record
 start = time.time()
 trainer.fit(train, valid, saved=True, show_progress=False)
 fit = time.time() - start
@@ -47,6 +55,8 @@ if head_share:
     from groups import group_metrics
     groups = group_metrics(captured["s"], test, train.dataset, config, head_share)
 print("RESULT " + json.dumps({"test": {k: float(v) for k, v in test_result.items()}, "groups": groups,
+                              "valid_curve": curve,
+                              "train_loss": {int(k): float(v) for k, v in trainer.train_loss_dict.items()},
                               "checkpoint": trainer.saved_model_file,
                               "prepare_s": prep, "fit_s": fit, "eval_s": evaluate,
                               "test_rows": int(test.dataset.inter_num)}))
