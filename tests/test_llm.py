@@ -366,3 +366,19 @@ def test_answer_logprob_keeps_the_models_own_logit_transform(family):
         expected.append(sum(logp[len(p) - 1 + j, t] for j, t in enumerate(a)))
     got = answer_logprob(model, prompts, answers, 0, 64)
     assert torch.allclose(got, torch.stack(expected), atol=1e-4)
+
+
+def test_small_default_dropout_acts_in_training_only():
+    from recbole_llm.llm.backbone import small_llama
+
+    model = small_llama(50, hidden=16, layers=1, heads=2, dropout=0.5)
+    assert model.config.attention_dropout == 0.5
+    ids = torch.randint(0, 50, (2, 12))
+    model.train()
+    torch.manual_seed(1)
+    a = model(ids).logits
+    torch.manual_seed(2)
+    b = model(ids).logits
+    assert not torch.allclose(a, b)                     # training: dropout draws differ
+    model.eval()
+    assert torch.allclose(model(ids).logits, model(ids).logits)

@@ -56,6 +56,7 @@ class LLMSettings:
     llm_num_layers: int
     llm_num_heads: int
     llm_max_positions: int
+    llm_dropout: float
     llm_tuning: str
     lora_r: int
     lora_alpha: int
