@@ -8,6 +8,7 @@ plain dict of strings and numbers), so reloading never needs
 special trainers (KG, pre-training, ...) get it too.
 """
 import functools
+import json
 import os
 import random
 import uuid
@@ -91,6 +92,13 @@ def rng_state(loader=None) -> dict:
     return state
 
 
+def model_rng(model):
+    """A model's own NumPy generator (``model.rng``: sampled rows, templates,
+    negatives), if it has one."""
+    rng = getattr(model, "rng", None)
+    return rng if isinstance(rng, np.random.Generator) else None
+
+
 def set_rng_state(state: dict, loader=None) -> None:
     torch.set_rng_state(state["torch"])
     name, keys, pos, has_gauss, gauss = state["numpy"]
@@ -160,6 +168,9 @@ class WeightsOnlyCheckpointMixin:
             "optimizer": self.optimizer.state_dict(),
             "best_valid_result": _plain(self.best_valid_result),
             "rng": rng_state(self._train_loader),
+            # PCG64's 128-bit state as text: the weights-only loader takes plain data
+            "model_rng": json.dumps(model_rng(self.model).bit_generator.state)
+            if model_rng(self.model) is not None else None,
         }
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
@@ -188,6 +199,8 @@ class WeightsOnlyCheckpointMixin:
         _CHECKED.clear()
         self.best_valid_result = checkpoint.get("best_valid_result")
         self._resumed_rng = checkpoint.get("rng")
+        if checkpoint.get("model_rng") and model_rng(self.model) is not None:
+            model_rng(self.model).bit_generator.state = json.loads(checkpoint["model_rng"])
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
 
     def load_model_weights(self, checkpoint_file):

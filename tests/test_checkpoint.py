@@ -100,3 +100,18 @@ def test_checkpoint_names_are_unique_per_run():
     other = type(trainer)(config, model)
     assert trainer.saved_model_file != other.saved_model_file
     assert os.path.basename(trainer.saved_model_file).startswith("BPR-")
+
+
+def test_a_models_own_generator_travels_with_the_checkpoint(tmp_path):
+    """EAGERLLM and Llama4Rec draw rows, templates and negatives from ``model.rng``."""
+    import numpy as np
+
+    config = Config(model="BPR", dataset="ml-tiny", config_dict=dict(
+        ML_TINY, epochs=1, checkpoint_dir=str(tmp_path / "saved")))
+    _, (train, valid, _), model, trainer = build(config)
+    model.rng = np.random.default_rng(7)
+    trainer.fit(train, valid, saved=True)
+    expected = model.rng.integers(10 ** 9, size=3)   # the draws that follow the saved state
+    model.rng = np.random.default_rng(0)
+    trainer.resume_checkpoint(trainer.saved_model_file)
+    assert (model.rng.integers(10 ** 9, size=3) == expected).all()

@@ -46,6 +46,9 @@ from recbole_llm.model.layers import info_nce, projector
 from recbole_llm.tokenization import ItemIndex
 
 CON_TOKEN = "[CON]"
+# each task's template slot
+TASK_SLOTS = {"seqrec": "history", "item2index": "text", "index2item": "item",
+              "preference": "history"}
 
 
 class EAGERLLM(LLMRecommender, SequentialRecommender):
@@ -82,7 +85,7 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
             ("seqrec", s.seqrec_template), ("item2index", s.item2index_template),
             ("index2item", s.index2item_template), ("preference", s.preference_template))}
         corpus = [t for t in texts if t] + [t for group in templates.values() for t in group] \
-            + [s.history_separator]
+            + [s.history_separator or ""]
         llm, code_ids, (self.con_id,) = self.load_llm(corpus, self.index.tokens(), [CON_TOKEN])
         self.trie = self.index.bind(self.tokenizer)
         self._new_token_ids = code_ids + [self.con_id]
@@ -90,13 +93,11 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
 
         # --- templates (the first of each task is the one used at inference), the
         # separator between history items, per-item token ids: tokenised once
-        slots = {"seqrec": "history", "item2index": "text", "index2item": "item",
-                 "preference": "history"}
-        self.templates = {task: [Template(self.tokenizer, text, slots[task]) for text in group]
+        self.templates = {task: [Template(self.tokenizer, text, TASK_SLOTS[task]) for text in group]
                           for task, group in templates.items()}
         self.separator_ids = self.tokenizer(s.history_separator,
                                             add_special_tokens=False)["input_ids"] \
-            if s.history_separator else []
+            if s.history_separator else []  # "" or None: items' codes back to back
         self.item_text_ids = [ids[:s.item_text_max_tokens] for ids in
                               self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
         self.preferences = self._preference_answers(dataset, s.preference_field)
@@ -110,26 +111,41 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
         self.gct_tau = s.gct_temperature
         self.task_ratio = dict(s.aux_task_ratio or {})
         self.loss_weights = dict(s.task_loss_weights or {})
-        for task in ["seqrec", *self.task_ratio]:
-            if task not in slots:
-                raise ValueError(f"unknown auxiliary task '{task}' (item2index, index2item, "
-                                 "preference)")
-            if task not in self.loss_weights:
-                raise ValueError(f"task_loss_weights has no weight for task '{task}'")
+        if self.task_ratio.get("preference") and self.preferences is None:
+            self.logger.warning("the preference task is off: no preference_field names the .item "
+                                "field it summarises (set preference_field, or "
+                                "aux_task_ratio.preference: 0)")
         self.annealing = False
         # saved with the weights: a checkpoint says which structure it needs
         self.register_buffer("annealed", torch.tensor(False))
-        self._rng = np.random.default_rng(s.seed)
+        self.rng = np.random.default_rng(s.seed)
 
     @classmethod
     def check_settings(cls, final: dict) -> None:
-        """Beam search returns ``num_beams`` items per user: a metric cut-off
-        beyond it would rank ties in id order."""
+        """Before any data loads: tasks, their loss weights and templates; and
+        with full ranking, metric cut-offs within ``num_beams`` (beam search
+        ranks that many items; beyond it, ties in id order)."""
+        mode = (final.get("eval_args") or {}).get("mode", "full")
+        modes = set(mode.values()) if isinstance(mode, dict) else {mode}
         topk = final.get("topk") or []
         topk = [topk] if isinstance(topk, int) else topk
-        if topk and max(topk) > final["num_beams"]:
+        if "full" in modes and topk and max(topk) > final["num_beams"]:
             raise InputError(f"topk {list(topk)} goes past num_beams={final['num_beams']}: beam "
                              f"search ranks only num_beams items; set num_beams >= {max(topk)}")
+        ratios = final.get("aux_task_ratio") or {}
+        weights = final.get("task_loss_weights") or {}
+        unknown = (set(ratios) | set(weights)) - set(TASK_SLOTS)
+        if unknown:
+            raise InputError(f"unknown task(s) {sorted(unknown)} in aux_task_ratio / "
+                             f"task_loss_weights (tasks: {', '.join(TASK_SLOTS)})")
+        for task in ["seqrec", *(t for t, r in ratios.items() if r)]:
+            if task not in weights:
+                raise InputError(f"task_loss_weights has no weight for task '{task}'")
+        for task, slot in TASK_SLOTS.items():
+            texts = final.get(f"{task}_template")
+            for text in [texts] if isinstance(texts, str) else texts or []:
+                if not isinstance(text, str) or text.count("{" + slot + "}") != 1:
+                    raise InputError(f"{task}_template {text!r} must hold {{{slot}}} exactly once")
 
     # ------------------------------------------------------------------ index
     def _build_index(self, sem, beh, cache, dataset) -> ItemIndex:
@@ -179,7 +195,7 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
     def _template(self, task: str, training: bool) -> Template:
         """At inference the task's first template, in training one drawn per row."""
         group = self.templates[task]
-        return group[int(self._rng.integers(len(group)))] if training and len(group) > 1 \
+        return group[int(self.rng.integers(len(group)))] if training and len(group) > 1 \
             else group[0]
 
     def history_prompts(self, item_seq, item_len, training: bool = False) -> list:
@@ -195,7 +211,7 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
         items = targets.tolist()
         for task, ratio in self.task_ratio.items():
             count = int(math.ceil(ratio * n)) if ratio > 0 else 0
-            rows = self._rng.choice(n, size=min(count, n), replace=False) if count else []
+            rows = self.rng.choice(n, size=min(count, n), replace=False) if count else []
             for r in rows:
                 item = items[r]
                 if task == "item2index":
@@ -251,6 +267,8 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
         loss, hidden = self.task_loss(batch, tasks)
         if use_gct:
             h_con = hidden[batch.ends[:n_rec, 0], batch.ends[:n_rec, 1]]  # [CON]'s last hidden state
+            if self.settings.gct_projector == "linear":  # as the authors' code: unit length first
+                h_con = F.normalize(h_con, dim=-1)
             negatives = self._gct_negatives(device)
             if self.gct_lambda_sem > 0:
                 loss = loss + self.gct_lambda_sem * info_nce(
@@ -281,7 +299,7 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
         n = self.settings.gct_negatives
         if not n:
             return torch.zeros(0, dtype=torch.long, device=device)
-        return torch.as_tensor(self._rng.integers(1, self.n_items, size=n), device=device)
+        return torch.as_tensor(self.rng.integers(1, self.n_items, size=n), device=device)
 
     # -------------------------------------------------------------- annealing
     def start_annealing(self):

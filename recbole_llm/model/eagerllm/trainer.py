@@ -42,6 +42,8 @@ class EAGERTrainer(WeightsOnlyCheckpointMixin, Trainer):
         self.best_valid_result = None
         annealed = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         if not compare:
+            self.logger.info("annealing kept without comparison: no saved stage-one checkpoint "
+                             "and validation to compare with")
             return annealed
         better = annealed[0] >= stage_one_score if self.valid_metric_bigger \
             else annealed[0] <= stage_one_score
