@@ -76,6 +76,15 @@ def test_parse_choice_accepts_labels_letters_and_names():
     assert parse_choice("surely Heat (1995)", 2, ["Toy Story", "Heat (1995)"]) == 1
     assert parse_choice("no idea", 2, ["Toy Story", "Heat"]) is None
     assert parse_choice("", 5) is None
+    assert parse_choice("B", 3) == 1 and parse_choice(" (C).", 3) == 2
+
+
+def test_parse_choice_reads_no_article_or_pronoun_as_a_label():
+    assert parse_choice("A good pick would be B", 3) == 1
+    assert parse_choice("I'd say B", 10) == 1
+    assert parse_choice("I think the answer is C.", 10) == 2
+    assert parse_choice("A user like this would enjoy it", 5) is None
+    assert parse_choice("I am not sure", 10) is None
 
 
 # --- the model ---------------------------------------------------------------

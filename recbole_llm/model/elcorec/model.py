@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import FeatureType, InputType, ModelType
 
+from recbole_llm.errors import InputError
 from recbole_llm.llm.backbone import answer_token_ids
 from recbole_llm.llm.encoder import item_text_embeddings
 from recbole_llm.llm.prompts import Template, inference_batch, position_ids
@@ -47,6 +48,17 @@ class ELCoRec(LLMRecommender, AbstractRecommender):
     type = ModelType.CONTEXT
     input_type = InputType.POINTWISE
     settings_class = ELCoRecSettings
+
+    @classmethod
+    def check_settings(cls, final: dict) -> None:
+        """A row's history is what the user did before the row's time: without a
+        time field a row's own rating could enter its prompt."""
+        field = final.get("TIME_FIELD")
+        inter = (final.get("load_col") or {}).get("inter")
+        if not field or (isinstance(inter, list) and field not in inter):
+            raise InputError(f"ELCoRec needs the interactions' time: TIME_FIELD is {field!r}"
+                             + (f" and load_col.inter {inter} leaves it out" if field else "")
+                             + "; set TIME_FIELD and load it")
 
     def __init__(self, config, dataset):
         super().__init__()
@@ -173,8 +185,10 @@ class ELCoRec(LLMRecommender, AbstractRecommender):
         """The token ids of each row's prompt (RAP, profile, soft-token slot, target)."""
         users = interaction[self.USER_ID].tolist()
         items = interaction[self.ITEM_ID].tolist()
-        times = interaction[self.TIME].tolist() if self.TIME in interaction.interaction \
-            else [float("inf")] * len(users)
+        if self.TIME not in interaction.interaction:
+            raise ValueError(f"ELCoRec rows carry no '{self.TIME}' (TIME_FIELD): the history "
+                             "before a row's time cannot be cut")
+        times = interaction[self.TIME].tolist()
         prompts = []
         pref = [self.pref_id] if self.use_soft_prompt else []
         for u, i, t in zip(users, items, times):

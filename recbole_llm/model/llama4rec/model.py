@@ -36,6 +36,7 @@ from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import ModelType, init_seed
 
 from recbole_llm import registry
+from recbole_llm.errors import InputError
 from recbole_llm.llm.backbone import answer_token_ids
 from recbole_llm.llm.prompts import answer_distribution
 from recbole_llm.model.abstract import LLMRecommender
@@ -81,6 +82,17 @@ class Llama4Rec(LLMRecommender, AbstractRecommender):
         if regression:
             return cls._specialised[key], list(base.property_files())
         return cls._specialised[key], recbole_model_yaml(base_name)
+
+    @classmethod
+    def check_settings(cls, final: dict) -> None:
+        """The LLM re-ranks full rankings (or predicts ratings): sampled ranking
+        evaluation would score the base model alone, so it is refused."""
+        mode = (final.get("eval_args") or {}).get("mode", "full")
+        modes = set(mode.values()) if isinstance(mode, dict) else {mode}
+        if final.get("MODEL_TYPE") != ModelType.CONTEXT and modes - {"full"}:
+            raise InputError(f"Llama4Rec re-ranks the base model's full ranking; eval_args mode "
+                             f"{mode} (sampled candidates) would score the base model alone: "
+                             "use mode: full")
 
     def __init__(self, config, dataset):
         super().__init__()

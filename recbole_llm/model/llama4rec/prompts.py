@@ -14,17 +14,29 @@ LABELS = [f"[{chr(ord('A') + i)}]" for i in range(26)]
 RATING_WORDS = ["1", "2", "3", "4", "5"]
 
 
+# a bare letter counts as a label only as the whole answer or after a cue word:
+# in free text, "A" and "I" are usually an article and a pronoun
+_BARE = re.compile(r"^\W*\(?([A-Z])\)?\W*$")
+_CUED = re.compile(r"(?:\b(?:answer|option|choice|candidate|label|pick|choose|select|recommend|"
+                   r"say|be|is|item)\b\W{0,3})\(?([A-Z])\b")
+
+
 def parse_choice(text: str, n_candidates: int, names=None):
     """Index of the candidate an LLM answer names, or None.
 
-    Accepts ``[C]``, a bare ``C`` (as a word) or, failing those, a candidate's
-    name quoted in the answer; only the first ``n_candidates`` labels count.
+    Accepts ``[C]``; a bare ``C`` as the whole answer or after a cue ("pick
+    C", "the answer is C", "I'd say C"), so that an article or a pronoun is
+    never read as a label; failing those, a candidate's name quoted in the
+    answer.  Only the first ``n_candidates`` labels count.
     """
     valid = {chr(ord("A") + i): i for i in range(n_candidates)}
     for match in re.finditer(r"\[([A-Z])\]", text):
         if match.group(1) in valid:
             return valid[match.group(1)]
-    for match in re.finditer(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])", text):
+    bare = _BARE.match(text)
+    if bare and bare.group(1) in valid:
+        return valid[bare.group(1)]
+    for match in _CUED.finditer(text):
         if match.group(1) in valid:
             return valid[match.group(1)]
     if names:
