@@ -6,7 +6,10 @@ MAE) needs a model that predicts the rating itself.  The variant keeps the
 model's architecture and features and changes only the head: ``predict`` is
 the raw output plus the training mean rating, trained with MSE on the raw
 rating (``LABEL_FIELD: rating``, no ``threshold``).  ``DeepFMRating`` is the
-paper's rating baseline (DeepFM) in this form.
+Llama4Rec paper's rating baseline (DeepFM) in this form.
+
+The models are RecBole's: DeepFM (Guo et al., IJCAI 2017), FM (Rendle, ICDM
+2010), Wide & Deep (Cheng et al., DLRS 2016).
 """
 import torch
 import torch.nn.functional as F
