@@ -38,7 +38,9 @@ ROWS = {
     "random": dict(EAGER, index_composition="random"),
     "no_gct": dict(EAGER, gct_lambda_sem=0.0, gct_lambda_beh=0.0),
     # the training signal of issue 13 (per-task means, separators, templates, sampled
-    # GCT negatives), several stage-one epochs with early stopping
+    # GCT negatives, linear projectors): at the unit row's budget, and over several
+    # stage-one epochs with early stopping
+    "unit_signal": EAGER,
     "unit_multi": dict(EAGER, epochs=8, stopping_step=2),
 }
 
