@@ -66,8 +66,7 @@ def train_tokenizer(texts, vocab_size: int = 2000, save_dir: str = None):
 def small_llama(vocab_size: int, hidden: int = 256, layers: int = 4, heads: int = 4,
                 intermediate: int = None, max_positions: int = 1024, pad_token_id: int = 0,
                 seed: int = 0, dropout: float = 0.0):
-    """A randomly initialised Llama; ``dropout``: on the attention weights while
-    training (Llama has no other dropout), to regularise a model trained from scratch."""
+    """A randomly initialised Llama; ``dropout``: see :func:`add_dropout`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
@@ -76,7 +75,33 @@ def small_llama(vocab_size: int, hidden: int = 256, layers: int = 4, heads: int 
                          max_position_embeddings=max_positions, pad_token_id=pad_token_id,
                          tie_word_embeddings=False, attention_dropout=dropout)
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config)
+    if dropout:
+        add_dropout(model, dropout)
+    return model
+
+
+def add_dropout(model, p: float) -> None:
+    """GPT-2's three dropouts while training: on the token embeddings, on each
+    layer's attention and MLP outputs before they join the residual stream,
+    and (the config's ``attention_dropout``) on the attention weights.  Llama
+    has only the last; a model trained from scratch on a few hundred thousand
+    rows overfits without them.  Forward hooks, so weights and checkpoints are
+    those of a plain Llama."""
+    import torch.nn.functional as F
+
+    def drop(module, args, output):
+        if not module.training:
+            return output
+        if isinstance(output, tuple):  # attention: (output, weights)
+            return (F.dropout(output[0], p, True),) + tuple(output[1:])
+        return F.dropout(output, p, True)
+
+    decoder = model.get_decoder()
+    decoder.embed_tokens.register_forward_hook(drop)
+    for layer in decoder.layers:
+        layer.self_attn.register_forward_hook(drop)
+        layer.mlp.register_forward_hook(drop)
 
 
 def tokenizer_key(cache: Cache, corpus, vocab_size: int) -> str:
