@@ -76,6 +76,23 @@ def test_lora_wraps_trains_and_leaves_base_weights(tiny_lm):
     assert torch.equal(merged.lm_head.weight[:new_ids[0]], old_rows)   # old tokens untouched
 
 
+def test_small_default_dropout_only_while_training():
+    """llm_dropout reaches the embeddings, attention and MLP outputs in training
+    (two forward passes differ) and nothing at inference; 0 adds no hook."""
+    ids = torch.randint(3, 300, (2, 12))
+    model = small_llama(300, 32, 2, 2, dropout=0.3)
+    model.train()
+    assert not torch.allclose(model(ids).logits, model(ids).logits)
+    model.eval()
+    assert torch.equal(model(ids).logits, model(ids).logits)
+    hooked = [m for m in model.modules() if m._forward_hooks]
+    assert len(hooked) == 1 + 2 * 2  # embeddings + (attention, MLP) per layer
+    plain = small_llama(300, 32, 2, 2, dropout=0.0)
+    plain.train()
+    assert torch.equal(plain(ids).logits, plain(ids).logits)
+    assert not [m for m in plain.modules() if m._forward_hooks]
+
+
 def test_auto_tuning_picks_per_backbone():
     from recbole_llm.llm.backbone import resolve_tuning
     assert resolve_tuning(_config()) == "full"
