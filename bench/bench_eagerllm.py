@@ -43,9 +43,10 @@ ROWS = {
     # GCT negatives, linear projectors): at the unit row's budget, and over several
     # stage-one epochs with early stopping
     "unit_signal": EAGER,
-    "unit_multi": dict(EAGER, epochs=10, stopping_step=2, llm_dropout=0.0),
+    # these two run side by side, one thread each
+    "unit_multi": dict(EAGER, epochs=10, stopping_step=2, llm_dropout=0.0, cpu_threads=1),
     # dropout (0.1, the default since) against unit_multi: the same budget without it
-    "unit_dropout": dict(EAGER, epochs=10, stopping_step=2),
+    "unit_dropout": dict(EAGER, epochs=10, stopping_step=2, cpu_threads=1),
 }
 
 def row(name, force=False):
