@@ -264,7 +264,8 @@ def test_local_label_choice_names_only_offered_candidates(general, tmp_path):
     _, _, model, _ = general
 
     def chooser():
-        return LabelChoiceClient(model.llm, model.tokenizer, LABELS, model.label_ids, 256, 8,
+        return LabelChoiceClient(model.llm, model.tokenizer, LABELS, model.label_ids,
+                                 model.settings.llm_max_prompt_tokens, 8,
                                  Cache(str(tmp_path)), "t")
 
     settings = model.settings
@@ -385,3 +386,70 @@ def test_offered_labels_count_the_candidate_list_only():
                           "Answer:") == 3
     assert offered_labels("Candidates: [A] x; [B] y [D] w. Answer:") == 2
     assert offered_labels("no list") == 0
+
+
+# --- prompts to a token budget per section --------------------------------------
+BEAUTY = dict(TINY, **{k: v for k, v in __import__("conftest").BEAUTY_TINY.items()
+                       if k in ("load_col", "item_text_fields")},
+              prompt_item_field="title", base_model="BPR", prompt_history_items=20,
+              prompt_history_tokens=60, it_tasks=["next_item", "listwise"])
+
+
+@pytest.fixture(scope="module")
+def beauty(tmp_path_factory):
+    return build_model(tmp_path_factory, "Llama4Rec", "beauty-tiny", BEAUTY)
+
+
+def test_every_beauty_prompt_shows_the_last_history_item(beauty):
+    """Real Beauty titles (beauty-tiny) with a history budget far below 20 titles:
+    each prompt keeps the user's most recent items, the last one always, and
+    fits llm_max_prompt_tokens whole; shortened sections are counted."""
+    _, (train, _, test), model, trainer = beauty
+    writer, seen = model.writer, []
+    ranking = writer.ranking
+
+    def record(task, history, ratings, candidates, similar=(), base_top=()):
+        prompt = ranking(task, history, ratings, candidates, similar, base_top)
+        seen.append((list(history), prompt))
+        return prompt
+
+    writer.ranking = record
+    try:
+        model.instruction_samples(np.random.default_rng(0))
+        model.rerank = True
+        trainer.evaluate(test, load_best_model=False)
+    finally:
+        del writer.ranking
+    assert len(seen) > 200 and writer.shortened["history"] > 0
+    names = writer.names
+    for history, prompt in seen:
+        assert len(model.tokenizer(prompt)["input_ids"]) <= model.settings.llm_max_prompt_tokens
+        shown = prompt.split("interacted with: ", 1)[1].split(". Candidates:")[0]
+        if model.settings.prompt_augmentation:
+            shown = shown.split(". A similar user")[0].split(". A recommender")[0]
+        assert history and shown.endswith(names[history[-1]])
+        # what is shown is the most recent part of the history, in order
+        kept = shown.split("; ")
+        assert kept == [names[i] for i in history[len(history) - len(kept):]]
+        assert writer.count(shown) <= model.settings.prompt_history_tokens
+
+
+def test_budgets_that_cannot_fit_are_errors_naming_the_setting(tmp_path_factory):
+    from recbole_llm.errors import InputError
+
+    with pytest.raises(InputError, match="llm_max_prompt_tokens=200"):
+        build_model(tmp_path_factory, "Llama4Rec", "beauty-tiny", dict(BEAUTY, llm_max_prompt_tokens=200))
+    with pytest.raises(InputError, match="prompt_candidate_tokens=40"):
+        build_model(tmp_path_factory, "Llama4Rec", "beauty-tiny", dict(BEAUTY, prompt_candidate_tokens=40))
+    with pytest.raises(InputError, match="prompt_history_tokens=5 cannot hold"):
+        build_model(tmp_path_factory, "Llama4Rec", "beauty-tiny", dict(BEAUTY, prompt_history_tokens=5))
+
+
+def test_batches_refuse_prompts_over_the_limit():
+    from recbole_llm.llm.prompts import PromptTooLong, inference_batch, training_batch
+
+    with pytest.raises(PromptTooLong, match="llm_max_prompt_tokens=8"):
+        inference_batch([[5] * 9], 0, 8)
+    with pytest.raises(PromptTooLong, match="training sequence of 9 tokens"):
+        training_batch([[5] * 6], [[6, 7, 8]], 0, 8)
+    assert inference_batch([[5] * 8], 0, 8)[0].shape == (1, 8)

@@ -64,13 +64,12 @@ def training_batch(prompts: list, answers: list, pad_id: int, max_length: int, s
     title), so padding every row to the longest would waste about half of the
     backbone's work; instead rows of the longest sequence's width are filled
     first-fit-decreasing, and a block-diagonal causal mask keeps each
-    sequence blind to its row neighbours.  Over-long prompts lose their oldest
-    tokens."""
+    sequence blind to its row neighbours.  A sequence longer than
+    ``max_length`` is an error, never cut."""
     suffixes = suffixes or [[] for _ in prompts]
     seqs, label_seqs = [], []
     for prompt, answer, suffix in zip(prompts, answers, suffixes):
-        keep = max_length - len(answer) - len(suffix)
-        prompt = prompt[-keep:] if keep > 0 else []
+        _check_length(len(prompt) + len(answer) + len(suffix), max_length, "training sequence")
         seqs.append(list(prompt) + list(answer) + list(suffix))
         label_seqs.append([-100] * len(prompt) + list(answer) + [-100] * len(suffix))
     width = max(len(s) for s in seqs)
@@ -133,9 +132,22 @@ def answer_lm_loss(model, batch: PackedBatch):
     return torch.nn.functional.cross_entropy(logits, target), hidden
 
 
+def _check_length(n: int, max_length: int, what: str) -> None:
+    if n > max_length:
+        raise PromptTooLong(f"a {what} of {n} tokens exceeds llm_max_prompt_tokens={max_length}: "
+                            "raise it (prompts are never cut)")
+
+
+class PromptTooLong(ValueError):
+    """A prompt over ``llm_max_prompt_tokens``: models size their prompts to fit,
+    so cutting one would hide a bug (or a setting to change)."""
+
+
 def inference_batch(prompts: list, pad_id: int, max_length: int):
-    """Left-padded ``input_ids, attention_mask`` for generation."""
-    prompts = [p[-max_length:] for p in prompts]
+    """Left-padded ``input_ids, attention_mask`` for generation; a prompt over
+    ``max_length`` is an error."""
+    for p in prompts:
+        _check_length(len(p), max_length, "prompt")
     width = max(len(p) for p in prompts)
     input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)

@@ -119,6 +119,7 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
         # saved with the weights: a checkpoint says which structure it needs
         self.register_buffer("annealed", torch.tensor(False))
         self.rng = np.random.default_rng(s.seed)
+        self._check_lengths()
 
     @classmethod
     def check_settings(cls, final: dict) -> None:
@@ -165,6 +166,33 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
         index = ItemIndex.build(codes, collision=collision, k=settings["k"], prefixes=prefixes)
         index.save(cache, key)
         return index
+
+    def _check_lengths(self) -> None:
+        """Every task's longest sequence fits ``llm_max_prompt_tokens`` (checked
+        before training: prompts are never cut)."""
+        codes = max(len(self.index.token_ids(i)) for i in range(1, self.n_items))
+        history = self.max_seq_length * codes + (self.max_seq_length - 1) * len(self.separator_ids)
+        text = self.settings.item_text_max_tokens
+        if self.preferences is not None:
+            values = {v for vs in self.preferences for v in vs}
+            lengths = sorted(len(ids) for ids in self.tokenizer(sorted(values), add_special_tokens=False)[
+                "input_ids"]) if values else [0]
+            preference = sum(lengths[-2:]) + 3  # the two longest, ", ", end of text
+        else:
+            preference = 0
+        slot = {"seqrec": history, "item2index": text, "index2item": codes,
+                "preference": history}
+        answer = {"seqrec": codes + 1, "item2index": codes, "index2item": text + 1,
+                  "preference": preference}  # seqrec: [CON] after the codes
+        for task, group in self.templates.items():
+            if task != "seqrec" and not self.task_ratio.get(task):
+                continue
+            fixed = max(len(t.fill([])) for t in group)
+            need = fixed + slot[task] + answer[task]
+            if need > self.max_prompt:
+                raise InputError(f"EAGERLLM's {task} sequences take up to {need} tokens (template "
+                                 f"{fixed}, {slot[task]} in its slot, answer {answer[task]}), over "
+                                 f"llm_max_prompt_tokens={self.max_prompt}: raise it")
 
     def _preference_answers(self, dataset, field):
         """Per item, its values of ``preference_field`` (e.g. categories, genre),

@@ -127,6 +127,7 @@ class Llama4Rec(LLMRecommender, AbstractRecommender):
         self.rating_ids, _ = answer_token_ids(llm, self.tokenizer, RATING_WORDS,
                                               new_tokens=[f"[{w}]" for w in RATING_WORDS])
         self.tune_llm(llm, self.label_ids)
+        self.writer.bind(self.tokenizer)  # names to their token cap; every prompt fits
         self.rerank = True           # the trainer switches it off while the base model trains
         self.eval_history = None     # uid -> items RecBole masks in this evaluation (general)
         self.augmented = None        # Interaction of D' \ D rows, set by augment()
@@ -238,14 +239,12 @@ class Llama4Rec(LLMRecommender, AbstractRecommender):
             at = np.flatnonzero(history == i)
             history = history[:at[0]] if len(at) else history  # before the target, if trained on
             history = history[-s.prompt_history_items:]
-            similar = ()
+            similar, base = (), None
             if self.context() is not None:
                 similar = self.histories[self.context()[u]][-s.prompt_similar_items:]
-                base = s.llama4rec_base_rating_text.format(rating=f"{pred:.1f}")
-            else:
-                base = ""
+                base = pred
             prompts.append(self.writer.rating(history, self.rated(u, history), i, similar, (),
-                                              base_text=base))
+                                              base_rating=base))
         return prompts
 
     # --- the LLM ------------------------------------------------------------------

@@ -64,40 +64,150 @@ def offered_labels(prompt: str) -> int:
 
 
 class PromptWriter:
-    """Renders Llama4Rec's prompts from item names, ratings and templates."""
+    """Renders Llama4Rec's prompts, each section to its own token budget.
+
+    A prompt is fixed template text plus four sections: the user's history,
+    the most similar user's items, the base model's items (or its rating) and
+    the candidates (or the rated target).  Each item name is at most
+    ``item_name_max_tokens`` tokens; the history and the similar user's items
+    keep their most recent items that fit their budget (the newest always
+    fits), the base items their best ones; candidates are never dropped.
+    The budgets add up to at most ``llm_max_prompt_tokens`` (checked when the
+    tokenizer is bound, before any long work), so no prompt is ever cut;
+    how many sections showed fewer items than asked is counted in ``shortened``.
+    """
 
     def __init__(self, names: list, config):
-        self.names = [n[:config["item_name_max_chars"]] for n in names]
+        self.full_names = list(names)
+        self.names = self.full_names  # cut to item_name_max_tokens by bind()
         self.templates = {"next_item": config["llama4rec_next_item_template"],
                           "listwise": config["llama4rec_listwise_template"],
                           "rating": config["llama4rec_rating_template"]}
         self.similar_text = config["llama4rec_similar_text"]
         self.base_text = config["llama4rec_base_text"]
+        self.base_rating_text = config["llama4rec_base_rating_text"]
+        self.name_tokens = config["item_name_max_tokens"]
+        self.budget = {"history": config["prompt_history_tokens"],
+                       "similar": config["prompt_similar_tokens"],
+                       "base": config["prompt_base_tokens"],
+                       "candidates": config["prompt_candidate_tokens"]}
+        self.max_prompt = config["llm_max_prompt_tokens"]
+        self.topn = config["rerank_topn"]
+        self.tokenizer = None
+        self.shortened = {"history": 0, "similar": 0, "base": 0}
+        self.built = 0
+
+    # --- token counts ----------------------------------------------------------
+    def count(self, text: str) -> int:
+        """Tokens of ``text`` alone (inside a prompt a token more or less at each
+        end: the budget check allows for it, and every prompt is counted whole)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def bind(self, tokenizer) -> None:
+        """Cut item names to ``item_name_max_tokens`` tokens and check that every
+        prompt fits ``llm_max_prompt_tokens`` (``ValueError`` naming the settings)."""
+        self.tokenizer = tokenizer
+        ids = tokenizer(self.full_names, add_special_tokens=False)["input_ids"]
+        self.names = [name if len(i) <= self.name_tokens else
+                      tokenizer.decode(i[:self.name_tokens]).strip()
+                      for name, i in zip(self.full_names, ids)]
+        one = self.name_tokens + self.count(" (4.5 stars); ") + 1  # one history entry, at most
+        if self.budget["history"] < one:
+            raise ValueError(f"prompt_history_tokens={self.budget['history']} cannot hold the "
+                             f"user's last item (up to {one} tokens with item_name_max_tokens="
+                             f"{self.name_tokens}): raise it")
+        label = max(self.count(f"{lab} ") for lab in LABELS[:self.topn])
+        entry = label + self.name_tokens + self.count("; ") + 1
+        if self.budget["candidates"] < self.topn * entry:
+            raise ValueError(f"prompt_candidate_tokens={self.budget['candidates']} cannot hold "
+                             f"rerank_topn={self.topn} candidates of up to {entry} tokens each "
+                             f"(item_name_max_tokens={self.name_tokens}): raise it to "
+                             f"{self.topn * entry}")
+        bos = len(tokenizer("", add_special_tokens=True)["input_ids"])
+        wrappers = self.count(self.similar_text.format(items="")) + \
+            max(self.count(self.base_text.format(items="")),
+                self.count(self.base_rating_text.format(rating="")) + 2)
+        for task, template in self.templates.items():
+            empty = {k: "" for k in ("history", "candidates", "similar", "base", "target")}
+            fixed = self.count(template.format(**empty)) + wrappers + bos
+            last = self.budget["candidates"] if task != "rating" else self.name_tokens + 1
+            # a section's text meets the template's at two boundaries: a token each
+            worst = fixed + self.budget["history"] + self.budget["similar"] + \
+                self.budget["base"] + last + 2 * len(self.budget)
+            if worst > self.max_prompt:
+                raise ValueError(
+                    f"llm_max_prompt_tokens={self.max_prompt} is below the {task} prompt's budget "
+                    f"of {worst} tokens (template {fixed}, prompt_history_tokens "
+                    f"{self.budget['history']}, prompt_similar_tokens {self.budget['similar']}, "
+                    f"prompt_base_tokens {self.budget['base']}, candidates {last}): raise "
+                    "llm_max_prompt_tokens or lower the section budgets")
+
+    # --- sections --------------------------------------------------------------
+    def _entry(self, item, rating=None) -> str:
+        name = self.names[int(item)]
+        if rating is not None and not np.isnan(rating):
+            name += f" ({rating:g} stars)"
+        return name
+
+    def fit_items(self, section: str, items, ratings=None, newest_last: bool = True) -> str:
+        """The items joined by ``; ``: as many as fit the section's budget, the
+        most recent kept (``newest_last``) or the first ones."""
+        entries = [self._entry(i, None if ratings is None else ratings[n])
+                   for n, i in enumerate(items)]
+        budget = self.budget[section]
+        keep = len(entries)
+        while keep:
+            shown = entries[len(entries) - keep:] if newest_last else entries[:keep]
+            text = "; ".join(shown)
+            if self.count(text) <= budget:
+                break
+            keep -= 1
+        else:
+            text = ""
+        if keep < len(entries) and section in self.shortened:
+            self.shortened[section] += 1
+        return text
 
     def items(self, items, ratings=None) -> str:
-        parts = []
-        for n, item in enumerate(items):
-            name = self.names[int(item)]
-            if ratings is not None and not np.isnan(ratings[n]):
-                name += f" ({ratings[n]:g} stars)"
-            parts.append(name)
-        return "; ".join(parts)
+        """Items as prompt text (no budget: for logs and tests)."""
+        return "; ".join(self._entry(i, None if ratings is None else ratings[n])
+                         for n, i in enumerate(items))
 
     def _augmentation(self, similar, base_top) -> dict:
         """Prompt augmentation slots; empty text when a part is switched off."""
-        return {"similar": self.similar_text.format(items=self.items(similar)) if len(similar) else "",
-                "base": self.base_text.format(items=self.items(base_top)) if len(base_top) else ""}
+        similar_items = self.fit_items("similar", similar) if len(similar) else ""
+        base_items = self.fit_items("base", base_top, newest_last=False) if len(base_top) else ""
+        return {"similar": self.similar_text.format(items=similar_items) if similar_items else "",
+                "base": self.base_text.format(items=base_items) if base_items else ""}
+
+    def _check(self, prompt: str) -> str:
+        self.built += 1
+        n = len(self.tokenizer(prompt)["input_ids"])
+        if n > self.max_prompt:  # the budgets above make this unreachable
+            raise ValueError(f"a prompt of {n} tokens exceeds llm_max_prompt_tokens="
+                             f"{self.max_prompt}: {prompt[:200]!r}...")
+        return prompt
 
     def ranking(self, task, history, ratings, candidates, similar=(), base_top=()) -> str:
         listed = "; ".join(f"{LABELS[k]} {self.names[int(i)]}" for k, i in enumerate(candidates))
-        return self.templates[task].format(history=self.items(history, ratings),
-                                           candidates=listed, **self._augmentation(similar, base_top))
+        if self.count(listed) > self.budget["candidates"]:
+            raise ValueError(f"{len(candidates)} candidates take {self.count(listed)} tokens, "
+                             f"over prompt_candidate_tokens={self.budget['candidates']}")
+        return self._check(self.templates[task].format(
+            history=self.fit_items("history", history, ratings), candidates=listed,
+            **self._augmentation(similar, base_top)))
 
-    def rating(self, history, ratings, target, similar=(), base_top=(), base_text=None) -> str:
-        """``base_text`` replaces the base-model slot (rating prediction names
-        the base model's rating rather than its top items)."""
+    def rating(self, history, ratings, target, similar=(), base_top=(), base_rating=None) -> str:
+        """``base_rating``: the base model's rating, named in the base slot
+        instead of its top items (rating prediction)."""
         slots = self._augmentation(similar, base_top)
-        if base_text is not None:
-            slots["base"] = base_text
-        return self.templates["rating"].format(history=self.items(history, ratings),
-                                               target=self.names[int(target)], **slots)
+        if base_rating is not None:
+            slots["base"] = self.base_rating_text.format(rating=f"{base_rating:.1f}")
+        return self._check(self.templates["rating"].format(
+            history=self.fit_items("history", history, ratings),
+            target=self.names[int(target)], **slots))
+
+    def report(self) -> str:
+        """How many of the prompts built so far showed fewer items than asked."""
+        return (f"{self.built} prompts; sections shortened to their token budget: "
+                + ", ".join(f"{k} {v}" for k, v in self.shortened.items()))

@@ -24,7 +24,11 @@ class Llama4RecSettings(LLMSettings):
     prompt_history_items: int
     prompt_similar_items: int
     prompt_base_items: int
-    item_name_max_chars: int
+    item_name_max_tokens: int
+    prompt_history_tokens: int
+    prompt_similar_tokens: int
+    prompt_base_tokens: int
+    prompt_candidate_tokens: int
     prompt_item_field: Optional[str]
     llama4rec_next_item_template: str
     llama4rec_listwise_template: str
