@@ -121,3 +121,40 @@ def test_load_col_field_missing_from_file():
         ML_TINY, load_col={"inter": ["user_id", "item_id", "rating", "timestamp", "mood"]}))
     with pytest.raises(AtomicFileError, match=r"ml-tiny\.inter: load_col asks for field\(s\) \['mood'\]"):
         check_dataset_files(config)
+
+
+@pytest.mark.parametrize("model", ["BPR", "SASRec"])
+def test_split_ratings_never_show_a_later_rating(tmp_path, model):
+    """A pair rated 1 in training and 5 again at test time: the training split's
+    table has 1 (the mean over every split would be 3), with RecBole's
+    normalised timestamps and for sequential rows too."""
+    import os
+    os.makedirs(tmp_path / "rep")
+    rows = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+    for u in range(1, 6):
+        for k in range(6):
+            rows.append(f"{u}\t{u * 10 + k}\t{1 + (u + k) % 5}\t{1000 + 10 * k}")
+    rows[1] = "1\t10\t1\t1000"  # user 1 rates item 10 with 1 first...
+    rows.append("1\t10\t5\t3000")  # ...and 5 at test time (the user's last interaction)
+    (tmp_path / "rep" / "rep.inter").write_text("\n".join(rows) + "\n")
+    items = sorted({r.split("\t")[1] for r in rows[1:]})
+    (tmp_path / "rep" / "rep.item").write_text(
+        "item_id:token\ttitle:token_seq\n" + "".join(f"{i}\titem {i}\n" for i in items))
+    from recbole.data import data_preparation
+    config = Config(model="Llama4Rec", dataset="rep",
+                    config_dict=dict(data_path=str(tmp_path), base_model=model, normalize_all=True,
+                                     load_col={"inter": ["user_id", "item_id", "rating", "timestamp"],
+                                               "item": ["item_id", "title"]},
+                                     item_text_fields=["title"],
+                                     train_neg_sample_args=None if model == "SASRec" else
+                                     {"distribution": "uniform", "sample_num": 1},
+                                     eval_args={"split": {"LS": "valid_and_test"}, "order": "TO",
+                                                "group_by": "user", "mode": "full"},
+                                     state="ERROR"))
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    u, i = dataset.token2id("user_id", "1"), dataset.token2id("item_id", "10")
+    assert dataset.rating_of(u, i) == 3.0  # 1 and 5: the mean over every split
+    assert train.dataset.split_ratings()[(u, i)] == 1.0
+    assert test.dataset.split_ratings()[(u, i)] == (5.0 if model == "BPR" else 3.0)
+    assert np.nanmax(np.concatenate(train.dataset.timed_histories()[2])) <= 5

@@ -100,7 +100,24 @@ class ItemTextMixin:
             frame = self.inter_feat[[self.uid_field, self.iid_field, field]]
             table = frame.groupby([self.uid_field, self.iid_field])[field].mean()
             self._text_cache["ratings"] = {(int(u), int(i)): float(r) for (u, i), r in table.items()}
+            self._row_ratings = frame[field].to_numpy(dtype=float)  # keyed by time below
         super()._set_label_by_threshold()
+
+    def _discretization(self):
+        """After RecBole's last change to the time field (normalised, maybe
+        bucketed): each interaction's raw rating keyed by (user, item, time) as
+        the time reaches the splits, so one split's ratings can be told apart."""
+        super()._discretization()
+        raw = self.__dict__.pop("_row_ratings", None)
+        if raw is None or not self.time_field or self.time_field not in self.inter_feat:
+            return
+        frame = pd.DataFrame({"u": self.inter_feat[self.uid_field].to_numpy(),
+                              "i": self.inter_feat[self.iid_field].to_numpy(),
+                              "t": [_time_key(t) for t in self.inter_feat[self.time_field]],
+                              "r": raw})
+        rows = frame.groupby(["u", "i", "t"])["r"].mean()
+        self._text_cache["rating_rows"] = {(int(u), int(i), t): float(r)
+                                           for (u, i, t), r in rows.items()}
 
     def content_fingerprint_parts(self):
         """What ``recbole_llm.fingerprint.dataset_fingerprint`` adds for text
@@ -116,14 +133,52 @@ class ItemTextMixin:
     def has_ratings(self) -> bool:
         return self._text_cache.get("ratings") is not None
 
-    def rating_of(self, user: int, item: int) -> float:
-        """The raw rating of a (user, item) interaction (mean over repeats), NaN
-        if unknown; shared by the split copies of the dataset."""
+    def rating_of(self, user: int, item: int, time=None) -> float:
+        """The raw rating of a (user, item) interaction, NaN if unknown; with
+        ``time`` that interaction's own, else the mean over every interaction of
+        the pair in any split (shared by the split copies of the dataset: use
+        :meth:`split_ratings` for one split's)."""
         ratings = self._text_cache.get("ratings")
         if ratings is None:
             raise ValueError(f"dataset '{self.config['dataset']}' kept no ratings: it needs a "
                              f"'{self.config['RATING_FIELD']}' field in load_col")
+        rows = self._text_cache.get("rating_rows")
+        if time is not None and rows is not None:
+            return rows.get((int(user), int(item), _time_key(time)), float("nan"))
         return ratings.get((int(user), int(item)), float("nan"))
+
+    def split_ratings(self) -> dict:
+        """``{(user, item): raw rating}`` of this split's interactions only (mean
+        over a pair's repeats within the split; a sequential split's rows add
+        their prefixes' items, for the training split training interactions too),
+        so a prompt built from the training split never shows a rating given later."""
+        if not self.has_ratings():
+            return {}
+        items, times, _ = self.timed_histories()
+        list_field = getattr(self, "item_id_list_field", None)
+        time_list = f"{self.time_field}{self.config['LIST_SUFFIX']}" if self.time_field else None
+        inter = self.inter_feat
+        if list_field and list_field in inter and time_list in inter:  # sequential rows
+            lengths = np.asarray(inter[self.item_list_length_field])
+            users = np.asarray(inter[self.uid_field])
+            seqs, seq_times = np.asarray(inter[list_field]), np.asarray(inter[time_list])
+            extra_items = [[] for _ in range(self.user_num)]
+            extra_times = [[] for _ in range(self.user_num)]
+            for row in np.flatnonzero(lengths > 0):  # a prefix's items are this split's too
+                n = lengths[row]
+                extra_items[users[row]].extend(seqs[row, :n].tolist())
+                extra_times[users[row]].extend(seq_times[row, :n].tolist())
+            items = [np.concatenate([i, np.asarray(e, dtype=np.int64)])
+                     for i, e in zip(items, extra_items)]
+            times = [np.concatenate([t, np.asarray(e, dtype=t.dtype)])
+                     for t, e in zip(times, extra_times)]
+        pairs = {}
+        for u, (its, ts) in enumerate(zip(items, times)):
+            for i, t in set(zip(its.tolist(), ts.tolist())):
+                r = self.rating_of(u, i, t if self.time_field else None)
+                if not np.isnan(r):
+                    pairs.setdefault((u, i), []).append(r)
+        return {k: float(np.mean(v)) for k, v in pairs.items()}
 
     def item_texts(self) -> list:
         """Text of every item, indexed by RecBole's internal item id (0 = padding)."""
@@ -172,10 +227,18 @@ class ItemTextMixin:
         users, items, times = users[order], items[order], times[order]
         bounds = np.searchsorted(users, np.arange(self.user_num + 1))
         per_user = [slice(bounds[u], bounds[u + 1]) for u in range(self.user_num)]
-        ratings = self._text_cache.get("ratings")
+        timed = self.time_field and self.time_field in inter
         return ([items[s] for s in per_user], [times[s] for s in per_user],
-                [np.array([ratings.get((u, int(i)), np.nan) for i in items[s]]) if ratings
-                 else np.full(s.stop - s.start, np.nan) for u, s in enumerate(per_user)])
+                [np.array([self.rating_of(u, i, t if timed else None)
+                           for i, t in zip(items[s].tolist(), times[s].tolist())])
+                 if self.has_ratings() else np.full(s.stop - s.start, np.nan)
+                 for u, s in enumerate(per_user)])
+
+
+def _time_key(t) -> float:
+    """A time as RecBole's tensors hold it (float32), so a split's value finds
+    the value the full table held."""
+    return float(np.float32(t))
 
 
 class TextDataset(ItemTextMixin, Dataset):

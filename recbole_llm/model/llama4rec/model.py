@@ -143,13 +143,14 @@ class Llama4Rec(LLMRecommender, AbstractRecommender):
         if self.sequential:  # one row per target; the first item of a sequence is no target
             counts = counts + (counts > 0)
         self.counts = counts
-        self.ratings = dataset if dataset.has_ratings() else None  # raw, not RecBole-normalised
+        # raw ratings (not RecBole-normalised) of the training split's interactions only
+        self.ratings = dataset.split_ratings() if dataset.has_ratings() else None
 
     def rated(self, user, items):
-        """The user's raw ratings of ``items`` (None without ratings)."""
+        """The user's raw training ratings of ``items`` (None without ratings)."""
         if self.ratings is None:
             return None
-        return np.array([self.ratings.rating_of(user, i) for i in items])
+        return np.array([self.ratings.get((int(user), int(i)), np.nan) for i in items])
 
     def _corpus(self) -> list:
         filled = {k: "" for k in ("history", "candidates", "similar", "base", "target", "items")}

@@ -94,7 +94,7 @@ def rating_samples(model, rng) -> list:
         pred = model.wrapped.ratings(batch)
         for prompt, u, i in zip(model.rating_prompts(batch, pred), batch[model.USER_ID].tolist(),
                                 batch[model.ITEM_ID].tolist()):
-            value = int(np.clip(np.rint(model.ratings.rating_of(u, i)), 1, 5))
+            value = int(np.clip(np.rint(model.rated(u, [i])[0]), 1, 5))
             samples.append((prompt, [model.rating_ids[value - 1]] + eos))
     return samples
 
