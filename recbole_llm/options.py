@@ -154,7 +154,8 @@ _RANGES = [
     (r"seed", ((lambda v: 0 <= v < 2 ** 32), "between 0 and 2**32 - 1")),
     (r"(.*_)?batch_size", _at_least(1)),
     (r"(num_beams|lora_r|lora_alpha|MAX_ITEM_LIST_LENGTH|index_k|gat_dim|gat_heads|gat_layers"
-     r"|it_samples_per_task|llm_epochs)", _at_least(1)),
+     r"|it_samples_per_task|llm_epochs|it_holdout_items|item_name_max_tokens"
+     r"|prompt_(history|similar|base|candidate)_tokens|llm_max_prompt_tokens)", _at_least(1)),
     (r"rerank_topn", _at_least(2)),
     (r"(.*_)?learning_rate", _POSITIVE),
     (r".*dropout.*", _interval(0, 1, closed_high=False)),

@@ -115,17 +115,62 @@ def test_instruction_samples_answer_with_valid_labels(general):
     assert all(v == config["it_samples_per_task"] for v in kinds.values())
 
 
+def test_holdout_rows_are_each_users_last_by_time():
+    from types import SimpleNamespace
+
+    users = np.array([1, 2, 1, 1, 2, 1, 3])
+    times = np.array([5., 1., 1., 9., 2., 7., 4.])
+    data = SimpleNamespace(inter_feat={"u": users, "t": times}, uid_field="u", time_field="t")
+    from recbole_llm.model.llama4rec.samples import holdout_rows
+    assert holdout_rows(data, 2).tolist() == [False, True, False, True, True, True, True]
+    assert holdout_rows(data, 1).tolist() == [False, False, False, True, True, False, True]
+
+
+@pytest.mark.parametrize("kind", ["general", "sequential"])
+def test_instruction_samples_ask_what_their_base_model_never_saw(kind, request):
+    """Every sample's target and later items are missing from the data of the
+    model that supplied its candidates and suggestions; its history is the
+    user's training history up to the cut."""
+    _, (train, _, _), model, trainer = request.getfixturevalue(kind)
+    loader, _ = trainer._tuning_data(train)
+    kept = loader.dataset.inter_feat
+    seen = set(zip(kept[model.USER_ID].tolist(), kept[model.ITEM_ID].tolist()))
+    if kind == "sequential":  # the prefixes are training data too
+        lists, lengths = kept[model.ITEM_SEQ], kept[model.ITEM_SEQ_LEN]
+        for u, seq, n in zip(kept[model.USER_ID].tolist(), lists.tolist(), lengths.tolist()):
+            seen.update((u, i) for i in seq[:n])
+    asked, scores = [], model.base_scores
+
+    def record(users, seqs=None):
+        asked.extend(zip(list(users), [list(p) for p in seqs]))
+        return scores(users, seqs)
+
+    model.base_scores = record
+    try:
+        model.instruction_samples(np.random.default_rng(3))
+    finally:
+        del model.base_scores
+    assert len(asked) == len(model.settings.it_tasks) * model.settings.it_samples_per_task
+    n_held = model.settings.it_holdout_items
+    for u, prefix in asked:
+        history = model.histories[u].tolist()
+        cut = len(prefix)
+        assert history[:cut] == prefix and len(history) - n_held <= cut < len(history)
+        assert not [i for i in history[cut:] if (u, i) in seen and i not in history[:cut]]
+
+
 def test_instruction_tuning_loss_falls(general, tmp_path):
     _, _, model, trainer = general
     before = {n: p.detach().clone() for n, p in model.llm.named_parameters()}
     settings = model.settings
     model.settings = dataclasses.replace(settings, llm_epochs=4)
     try:
-        info = trainer.instruction_tune(model.cache.key("test-it", path=str(tmp_path)))
+        info = trainer.instruction_tune(model.cache.key("test-it", path=str(tmp_path)),
+                                        lambda: model.base)
     finally:
         model.settings = settings
     assert np.all(np.diff(info["loss"]) < 0) and info["loss"][-1] < 0.8 * info["loss"][0], info["loss"]
-    cached = trainer.instruction_tune(model.cache.key("test-it", path=str(tmp_path)))
+    cached = trainer.instruction_tune(model.cache.key("test-it", path=str(tmp_path)), None)
     assert cached["cached"] and cached["loss"] == pytest.approx(info["loss"])
     model.llm.load_state_dict(before)
 

@@ -159,10 +159,12 @@ class Llama4Rec(LLMRecommender, AbstractRecommender):
         return [n for n in self.writer.names if n] + texts + [f"({r} stars)" for r in range(11)]
 
     # --- the base model ---------------------------------------------------
-    def reset_base(self):
-        """A freshly initialised base model (training on D' from scratch)."""
+    def reset_base(self, dataset=None):
+        """A freshly initialised base model (training on D' from scratch, or on
+        ``dataset``: graph models take their graph from it)."""
         init_seed(self.settings.seed, self.config["reproducibility"])
-        self.base = self.base_class(self.config, self.dataset).to(self.device)
+        self.base = self.base_class(self.config, self.dataset if dataset is None else dataset
+                                    ).to(self.device)
         self.forget_context()
 
     def base_arrays(self) -> dict:

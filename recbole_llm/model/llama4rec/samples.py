@@ -11,18 +11,39 @@ import torch
 from recbole.data.interaction import Interaction
 
 
-def eligible_users(model) -> np.ndarray:
-    return np.flatnonzero(np.array([len(h) >= model.settings.it_min_history
-                                    for h in model.histories]))
+def holdout_rows(dataset, n: int) -> np.ndarray:
+    """Mask of each user's last ``n`` rows of a training split, by time (row
+    order breaks ties; sequential splits: the rows whose target is one of the
+    user's last ``n`` training interactions)."""
+    inter = dataset.inter_feat
+    users = np.asarray(inter[dataset.uid_field])
+    rows = np.arange(len(users))
+    times = np.asarray(inter[dataset.time_field]) if dataset.time_field and \
+        dataset.time_field in inter else rows
+    order = np.lexsort((rows, times, users))
+    ranked = users[order]
+    # position of each sorted row counted from its user's last row
+    last = np.searchsorted(ranked, ranked, side="right") - 1
+    held = np.zeros(len(users), dtype=bool)
+    held[order[last - np.arange(len(users)) < n]] = True
+    return held
+
+
+def eligible_users(model, at_least: int = 0) -> np.ndarray:
+    """Users with ``it_min_history`` (and ``at_least``) training interactions."""
+    need = max(model.settings.it_min_history, at_least)
+    return np.flatnonzero(np.array([len(h) >= need for h in model.histories]))
 
 
 def instruction_samples(model, rng) -> list:
-    """(prompt, answer token ids) for every task, built from the training split.
+    """(prompt, answer token ids) for every task, built from the training split
+    with ``model.base`` the tuning model (trained without each user's last
+    ``it_holdout_items`` training interactions).
 
-    A sample cuts a user's training history at a random point: the prefix
-    is the history, the next item the target.  Candidates are the target
-    plus the base model's best items outside the prefix (hard negatives, as
-    at inference).  Tasks: ``next_item`` (answer: the target's label),
+    A sample cuts a user's training history before one of those held-out
+    items: the prefix is the history, the next item the target.  Candidates
+    are the target plus the base model's best items outside the prefix (hard
+    negatives, as at inference).  Tasks: ``next_item`` (answer: the target's label),
     ``listwise`` (labels of every candidate the user goes on to interact
     with, best rated first), ``rating`` (the target's rating; datasets with
     ratings only).
@@ -33,7 +54,7 @@ def instruction_samples(model, rng) -> list:
     tasks = list(s.it_tasks)
     if model.ratings is None and "rating" in tasks:
         tasks.remove("rating")
-    users = eligible_users(model)
+    users = eligible_users(model, at_least=2)  # one item before the first cut
     if not len(users):
         raise ValueError(f"no user has it_min_history={s.it_min_history} "
                          "training interactions: nothing to instruction-tune on")
@@ -42,7 +63,8 @@ def instruction_samples(model, rng) -> list:
     samples = []
     for task in tasks:
         picked = rng.choice(users, size=n, replace=True)
-        cuts = [int(rng.integers(s.it_min_history - 1, len(model.histories[u]))) for u in picked]
+        lengths = [len(model.histories[u]) for u in picked]
+        cuts = [int(rng.integers(max(m - s.it_holdout_items, 1), m)) for m in lengths]
         for start in range(0, n, 256):
             rows = range(start, min(start + 256, n))
             prefixes = [model.histories[picked[r]][:cuts[r]] for r in rows]
@@ -80,11 +102,14 @@ def instruction_samples(model, rng) -> list:
 
 
 def rating_samples(model, rng) -> list:
-    """Rating instructions from training rows of users with enough history."""
+    """Rating instructions from the held-out training rows (each user's last
+    ``it_holdout_items``) of users with enough history, rated by the tuning
+    model, which was not fitted on them."""
     dataset = model.dataset
     inter = dataset.inter_feat
     users = np.asarray(inter[model.USER_ID])
-    eligible = np.flatnonzero(model.counts[users] >= model.settings.it_min_history)
+    held = holdout_rows(dataset, model.settings.it_holdout_items)
+    eligible = np.flatnonzero(held & (model.counts[users] >= model.settings.it_min_history))
     rows = rng.choice(eligible, size=min(model.settings.it_samples_per_task, len(eligible)),
                       replace=False)
     eos = [model.tokenizer.eos_token_id]

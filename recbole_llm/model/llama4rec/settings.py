@@ -40,6 +40,7 @@ class Llama4RecSettings(LLMSettings):
     it_tasks: list
     it_samples_per_task: int
     it_min_history: int
+    it_holdout_items: int
     listwise_max_answer: int
     llm_epochs: int
     llm_batch_size: int

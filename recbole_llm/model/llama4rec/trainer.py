@@ -2,7 +2,11 @@
 
 1. The conventional model on D: RecBole's own training loop (validation,
    early stopping), cached; or ``base_checkpoint``, a finished run's weights.
-2. Instruction tuning of the LLM, prompts augmented with that model (cached).
+2. Instruction tuning of the LLM (cached) on samples that ask about each
+   user's last ``it_holdout_items`` training interactions, candidates and
+   prompt augmentation from a second conventional model trained without them
+   (the paper's leave-one-out inside the training split: no sample's base
+   model has seen its future).
 3. Data augmentation: the tuned LLM labels sampled users (answers cached),
    then the conventional model trains on D' = D U augmented with RecBole's
    ``fit``; model selection on validation uses the conventional model alone,
@@ -23,6 +27,7 @@ from recbole_llm.llm.choice import LabelChoiceClient
 from recbole_llm.llm.client import client_from_config
 from recbole_llm.llm.prompts import answer_lm_loss, training_batch
 from recbole_llm.model.llama4rec.prompts import LABELS, offered_labels
+from recbole_llm.model.llama4rec.samples import holdout_rows
 from recbole_llm.trainer import WeightsOnlyCheckpointMixin, load_checkpoint, with_weights_only_checkpoints
 
 
@@ -35,8 +40,8 @@ def base_key(cache, config, train_dataset) -> str:
 
 def tuned_llm_key(cache, settings, train_dataset, base_id: str) -> str:
     """The instruction-tuned LLM: the model's settings but those acting after
-    tuning, the training data (with item text) and the conventional model it
-    was prompted with."""
+    tuning, the training data (with item text) and the conventional model its
+    samples were built with."""
     return cache.key("llama4rec-llm", base=base_id, data=dataset_fingerprint(train_dataset),
                      settings=settings.key_parts(exclude=settings.AFTER_TUNING,
                                                  memo_dir=cache.root))
@@ -51,6 +56,34 @@ def augmented_base_key(cache, config, settings, base_id: str, llm_id: str, rows_
 
 
 class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
+    def _tuning_data(self, train_data):
+        """``(loader, cache identity)`` of the data the tuning model trains on: the
+        training split without each user's last ``it_holdout_items`` rows."""
+        from recbole.data.dataloader import TrainDataLoader
+
+        held = holdout_rows(train_data.dataset, self.model.settings.it_holdout_items)
+        kept = train_data.dataset.copy(train_data.dataset.inter_feat[torch.as_tensor(~held)])
+        loader = TrainDataLoader(self.config, kept, train_data._sampler, shuffle=True)
+        return loader, base_key(self.model.cache, self.config, kept)
+
+    def _tuning_model(self, loader, valid_data, show_progress):
+        """The conventional model the instruction samples are built with: trained
+        like the first but without each user's last ``it_holdout_items`` training
+        interactions, the ones the samples ask about, so that its candidates and
+        suggestions know no more of a sample's future than the served model
+        knows of a test item's."""
+        model, s = self.model, self.model.settings
+        served = model.base
+        model.reset_base(loader.dataset)
+        try:
+            self._train_or_load_base(loader, valid_data, show_progress,
+                                     f"without each user's last {s.it_holdout_items} training "
+                                     "interactions (for instruction samples)")
+            return model.base
+        finally:
+            model.base = served
+            model.forget_context()
+
     def _conventional_model(self, train_data, valid_data, show_progress) -> str:
         """Train (or load) the conventional model on D; returns its cache identity."""
         config, model = self.config, self.model
@@ -65,14 +98,20 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
                 raise ValueError(f"base_checkpoint {path} does not fit base_model "
                                  f"{model.settings.base_model} on this dataset: {err}") from None
             return "ckpt-" + path_fingerprint(path, model.cache.root)
+        return self._train_or_load_base(train_data, valid_data, show_progress, "on D")
+
+    def _train_or_load_base(self, train_data, valid_data, show_progress, what: str) -> str:
+        """``model.base`` trained on ``train_data`` with RecBole's loop, or loaded
+        from the cache; returns its cache identity."""
+        config, model = self.config, self.model
         cache = model.cache
         key = base_key(cache, config, train_data.dataset)
         if cache.has_arrays(key):
             model.load_base_arrays(cache.load_arrays(key))
-            self.logger.info(f"conventional model {model.settings.base_model} on D: cached ({key})")
+            self.logger.info(f"conventional model {model.settings.base_model} {what}: cached ({key})")
             return key
-        self.logger.info(set_color(f"Training the conventional model {model.settings.base_model} on D",
-                                   "green"))
+        self.logger.info(set_color(f"Training the conventional model {model.settings.base_model} "
+                                   f"{what}", "green"))
         inner = with_weights_only_checkpoints(Trainer)(config, model.base)
         inner.saved_model_file = os.path.join(cache.root, f"{key}.pth.partial")
         os.makedirs(cache.root, exist_ok=True)
@@ -84,8 +123,9 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
             os.remove(inner.saved_model_file)
         return key
 
-    def instruction_tune(self, key: str, show_progress: bool = False) -> dict:
-        """Tune the LLM on the model's instruction samples (cached under ``key``)."""
+    def instruction_tune(self, key: str, tuning_model, show_progress: bool = False) -> dict:
+        """Tune the LLM on the model's instruction samples (cached under ``key``),
+        built with the conventional model ``tuning_model()`` returns."""
         model, s = self.model, self.model.settings
         cache = model.cache
         if cache.has_arrays(key):
@@ -93,7 +133,15 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
             model.load_llm_state({k: v for k, v in arrays.items() if k != "__loss"})
             return {"loss": arrays["__loss"].tolist(), "cached": True}
         rng = np.random.default_rng(s.seed)
-        samples = model.instruction_samples(rng)
+        tuning = tuning_model()
+        served, model.base = model.base, tuning
+        model.forget_context()
+        try:
+            samples = model.instruction_samples(rng)
+        finally:
+            model.base = served
+            model.forget_context()
+        self.logger.info(f"instruction samples: {model.writer.report()}")
         ids = model.tokenizer([p for p, _ in samples])["input_ids"]
         llm = model.llm
         optim = torch.optim.AdamW([p for p in llm.parameters() if p.requires_grad],
@@ -139,8 +187,11 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
         model.rerank = False
         base_id = self._conventional_model(train_data, valid_data, show_progress)
         model.forget_context()
-        llm_key = tuned_llm_key(model.cache, s, train_data.dataset, base_id)
-        info = self.instruction_tune(llm_key, show_progress)
+        tuning_loader, tuning_id = self._tuning_data(train_data)
+        llm_key = tuned_llm_key(model.cache, s, train_data.dataset, tuning_id)
+        info = self.instruction_tune(
+            llm_key, lambda: self._tuning_model(tuning_loader, valid_data, show_progress),
+            show_progress)
         self.logger.info(f"instruction tuning: loss per epoch {np.round(info['loss'], 4).tolist()}"
                          + (" (cached)" if info["cached"] else f", {info['samples']} samples"))
         for p in model.llm.parameters():
