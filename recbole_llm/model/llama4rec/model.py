@@ -118,9 +118,12 @@ class Llama4Rec(LLMRecommender, AbstractRecommender):
             raise ValueError(f"rerank_topn must lie in [2, {len(LABELS)}], got {self.topn}")
 
         self._histories(dataset)
-        alpha = (long_tail_alpha(self.counts, s.alpha1, s.alpha2, s.long_tail_transform)
-                 if s.adaptive_alpha else np.full(self.n_users, s.fixed_alpha))
-        self.alpha = torch.as_tensor(alpha, dtype=torch.float32)
+        # (alpha1, alpha2) in use: the yaml's, or those the trainer picks on validation;
+        # buffers, so a checkpoint serves with the pair it was chosen with
+        self.register_buffer("alpha_pair", torch.tensor([s.alpha1, s.alpha2]))
+        self.register_buffer("alpha", torch.zeros(self.n_users))
+        self.set_alpha(s.alpha1, s.alpha2)
+        self._llm_memo = None  # LLM outputs kept across evaluations (alpha search)
 
         self.writer = PromptWriter(self.item_names(dataset, s.prompt_item_field), s)
         llm, self.label_ids, _ = self.load_llm(self._corpus(), LABELS)
@@ -145,6 +148,27 @@ class Llama4Rec(LLMRecommender, AbstractRecommender):
         self.counts = counts
         # raw ratings (not RecBole-normalised) of the training split's interactions only
         self.ratings = dataset.split_ratings() if dataset.has_ratings() else None
+
+    def set_alpha(self, alpha1: float, alpha2: float) -> None:
+        """Each user's weight of the LLM (``long_tail_alpha``; ``fixed_alpha`` for
+        everyone when ``adaptive_alpha`` is off)."""
+        s = self.settings
+        alpha = (long_tail_alpha(self.counts, alpha1, alpha2, s.long_tail_transform)
+                 if s.adaptive_alpha else np.full(self.n_users, s.fixed_alpha))
+        self.alpha.copy_(torch.as_tensor(alpha, dtype=torch.float32))
+        self.alpha_pair.copy_(torch.tensor([alpha1, alpha2]))
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """``alpha`` follows the checkpoint's ``alpha_pair``."""
+        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.set_alpha(*self.alpha_pair.tolist())
+        return out
+
+    def keep_llm_outputs(self, keep: bool) -> None:
+        """While on, the LLM's output for a (user, candidates) or (user, item)
+        question is computed once: alpha does not change it, so a search over
+        alpha re-runs only the aggregation."""
+        self._llm_memo = {} if keep else None
 
     def rated(self, user, items):
         """The user's raw training ratings of ``items`` (None without ratings)."""
@@ -329,8 +353,17 @@ class Llama4Rec(LLMRecommender, AbstractRecommender):
         base_pred = self.wrapped.ratings(interaction)
         if not self.rerank:
             return base_pred.to(interaction[self.USER_ID].device)
-        alpha = self.alpha[interaction[self.USER_ID].cpu()]
-        out = alpha * self.llm_rating(interaction, base_pred) + (1 - alpha) * base_pred
+        alpha = self.alpha[interaction[self.USER_ID]].cpu()
+        memo = self._llm_memo
+        keys = list(zip(interaction[self.USER_ID].tolist(), interaction[self.ITEM_ID].tolist(),
+                        base_pred.tolist()))
+        if memo is not None and all(k in memo for k in keys):
+            llm = torch.stack([memo[k] for k in keys])
+        else:
+            llm = self.llm_rating(interaction, base_pred)
+            if memo is not None:
+                memo.update(zip(keys, llm))
+        out = alpha * llm + (1 - alpha) * base_pred
         return out.to(interaction[self.USER_ID].device)
 
     @torch.no_grad()
@@ -345,18 +378,27 @@ class Llama4Rec(LLMRecommender, AbstractRecommender):
                 if seen is not None and len(seen):
                     masked[row, torch.as_tensor(list(seen), dtype=torch.long)] = float("-inf")
         top = masked.topk(self.topn, dim=1).indices
-        prompts, perms = [], []
-        for row, u in enumerate(users):
-            prompt, perm = self.ranking_prompt("next_item", u, histories[row], top[row].tolist(),
-                                               s.seed * 1_000_003 + u)
-            prompts.append(prompt)
-            perms.append(perm)
-        shown_logp = answer_distribution(self.llm, self.tokenizer, prompts, self.label_ids[:self.topn],
-                                         s.llm_max_prompt_tokens, s.llm_eval_batch_size)
-        llm_scores = torch.empty_like(shown_logp)
-        for row, perm in enumerate(perms):  # label k shows candidate perm[k] (base position)
-            llm_scores[row, torch.as_tensor(perm)] = shown_logp[row]
-        order = aggregate_order(llm_scores, self.alpha[torch.as_tensor(users)], s.utility_c)
+        memo = self._llm_memo
+        keys = [(u, tuple(np.asarray(histories[row][-s.prompt_history_items:]).tolist()),
+                 tuple(top[row].tolist())) for row, u in enumerate(users)]
+        if memo is not None and all(k in memo for k in keys):
+            llm_scores = torch.stack([memo[k] for k in keys])
+        else:
+            prompts, perms = [], []
+            for row, u in enumerate(users):
+                prompt, perm = self.ranking_prompt("next_item", u, histories[row],
+                                                   top[row].tolist(), s.seed * 1_000_003 + u)
+                prompts.append(prompt)
+                perms.append(perm)
+            shown_logp = answer_distribution(self.llm, self.tokenizer, prompts,
+                                             self.label_ids[:self.topn], s.llm_max_prompt_tokens,
+                                             s.llm_eval_batch_size)
+            llm_scores = torch.empty_like(shown_logp)
+            for row, perm in enumerate(perms):  # label k shows candidate perm[k] (base position)
+                llm_scores[row, torch.as_tensor(perm)] = shown_logp[row]
+            if memo is not None:
+                memo.update(zip(keys, llm_scores))
+        order = aggregate_order(llm_scores, self.alpha.cpu()[torch.as_tensor(users)], s.utility_c)
         out = scores.clone()
         above = scores.max() + torch.arange(self.topn, 0, -1, dtype=out.dtype)  # over every item
         for row in range(len(users)):

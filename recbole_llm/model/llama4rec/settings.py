@@ -17,6 +17,8 @@ class Llama4RecSettings(LLMSettings):
     alpha1: float
     alpha2: float
     fixed_alpha: float
+    alpha_search: bool
+    alpha_grid: list
     long_tail_transform: str
     utility_c: float
     # prompts and prompt augmentation
@@ -59,6 +61,7 @@ class Llama4RecSettings(LLMSettings):
     #: settings that act only after instruction tuning (serving-time aggregation,
     #: augmentation of the conventional model's data, a finished base checkpoint,
     #: whose content is keyed separately)
-    AFTER_TUNING = ("adaptive_alpha", "alpha1", "alpha2", "fixed_alpha", "long_tail_transform",
+    AFTER_TUNING = ("adaptive_alpha", "alpha1", "alpha2", "fixed_alpha", "alpha_search",
+                    "alpha_grid", "long_tail_transform",
                     "utility_c", "data_augmentation", "aug_users", "aug_candidates",
                     "aug_decoding", "aug_max_new_tokens", "aug_warm_start", "base_checkpoint")

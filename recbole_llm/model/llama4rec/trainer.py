@@ -225,10 +225,40 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
             self._save_checkpoint(0, verbose=verbose)
         model.rerank = True
         if valid_data is not None:
-            valid = self.evaluate(valid_data, load_best_model=False, show_progress=show_progress)
+            if s.alpha_search and s.adaptive_alpha:
+                valid = self.search_alpha(valid_data, show_progress)
+                if saved:  # the checkpoint serves with the chosen pair
+                    self._save_checkpoint(0, verbose=verbose)
+            else:
+                valid = self.evaluate(valid_data, load_best_model=False, show_progress=show_progress)
             self.logger.info(set_color("valid with LLM re-ranking", "blue") + f": {valid}")
             result = (valid[config["valid_metric"].lower()], valid)
         return result
+
+    def search_alpha(self, valid_data, show_progress=False) -> dict:
+        """(alpha1, alpha2) over ``alpha_grid`` x ``alpha_grid`` (alpha2 < 1), the
+        best on the validation metric kept (the paper searches both); the LLM's
+        answers are computed once.  Returns the best validation result."""
+        model, s = self.model, self.model.settings
+        metric = self.config["valid_metric"].lower()
+        pairs = [(a1, a2) for a1 in s.alpha_grid for a2 in s.alpha_grid if a2 < 1]
+        model.keep_llm_outputs(True)
+        best, table = None, []
+        try:
+            for a1, a2 in tqdm(pairs, desc="alpha search", disable=not show_progress):
+                model.set_alpha(a1, a2)
+                valid = self.evaluate(valid_data, load_best_model=False, show_progress=False)
+                table.append((a1, a2, valid[metric]))
+                if best is None or (valid[metric] > best[2][metric] if self.valid_metric_bigger
+                                    else valid[metric] < best[2][metric]):
+                    best = (a1, a2, valid)
+        finally:
+            model.keep_llm_outputs(False)
+        model.set_alpha(best[0], best[1])
+        self.logger.info(f"alpha search on valid {metric}: "
+                         + ", ".join(f"({a1:g}, {a2:g}) {v:.4f}" for a1, a2, v in table)
+                         + f"; kept alpha1={best[0]:g}, alpha2={best[1]:g}")
+        return best[2]
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         # the items RecBole will mask (history) must not take re-ranking slots
