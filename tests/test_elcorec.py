@@ -266,10 +266,11 @@ def test_gat_pretraining_learns_a_synthetic_taste(tmp_path, mode):
     assert report["valid_auc"] > 0.75 and report["valid_auc"] == max(report["valid_auc_curve"])
 
 
-def test_pretrained_expert_is_cached_with_its_report(tmp_path):
+@pytest.mark.parametrize("mode", ["sample", "user"])
+def test_pretrained_expert_is_cached_with_its_report(tmp_path, mode):
     _, dataset = _handmade(tmp_path, "taste", _taste_rows(), min_history=0)
     train = dataset.build()[0]
-    s = dataclasses.replace(GAT, gat_epochs=3)
+    s = dataclasses.replace(GAT, gat_epochs=3, gat_mode=mode)
     cache = Cache(str(tmp_path / "cache"))
     first, report = pretrained_expert(train, dataset.timeline(), s, 1, cache)
     second, again = pretrained_expert(train, dataset.timeline(), s, 1, cache)
@@ -278,7 +279,8 @@ def test_pretrained_expert_is_cached_with_its_report(tmp_path):
     assert not any(p.requires_grad for p in second.parameters())
     user = dataset.token2id("user_id", "u3")
     tokens = second.tokens([user, user], [1, 2], [500.0, 500.0])
-    assert not torch.allclose(tokens[0], tokens[1])               # sample mode: per target
+    assert torch.allclose(tokens[0], tokens[1]) == (mode == "user")   # user mode: per user only
+    assert tokens.abs().sum() > 0
 
 
 def test_user_graph_has_every_node_and_edge_type(tmp_path):
