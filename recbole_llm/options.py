@@ -179,6 +179,7 @@ CHOICES = {
     "aug_decoding": ("constrained", "free"),
     "long_tail_transform": ("log", "linear"),
     "gct_projector": ("linear", "mlp"),
+    "gat_mode": ("sample", "user"),
 }
 
 

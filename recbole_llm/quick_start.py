@@ -20,6 +20,7 @@ from recbole_llm import registry
 from recbole_llm.compat import check_pandas_copy_on_write
 from recbole_llm.config import Config
 from recbole_llm.data.atomic import check_dataset_files
+from recbole_llm.data.history import check_min_history, drop_rows_with_short_history
 from recbole_llm.errors import InputError
 from recbole_llm.options import parse_argv
 from recbole_llm.trainer import check_resume_checkpoint
@@ -69,14 +70,20 @@ def check_inputs(config) -> None:
 
 
 def create_dataset(config, checked: bool = False):
-    """The registry's dataset class for plugin models, RecBole's choice otherwise."""
+    """The registry's dataset class for plugin models, RecBole's choice otherwise;
+    rows with fewer than ``min_history`` earlier interactions of their user are
+    dropped before any split (``recbole_llm.data.history``)."""
     if not checked:
         check_pandas_copy_on_write()
         check_dataset_files(config)
+    min_history = check_min_history(config)
     dataset_class = registry.get_dataset_class(config["model"])
-    if dataset_class is None:
-        return _recbole_create_dataset(config)
-    return dataset_class(config)
+    dataset = _recbole_create_dataset(config) if dataset_class is None else dataset_class(config)
+    if min_history:  # every model alike, so a baseline can be given the same rows
+        dropped = drop_rows_with_short_history(dataset, min_history)
+        getLogger().info(f"min_history={min_history}: dropped {dropped} rows with fewer "
+                         f"earlier interactions of their user; {len(dataset.inter_feat)} left")
+    return dataset
 
 
 def _check_splits(config, splits) -> None:

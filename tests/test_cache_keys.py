@@ -161,9 +161,9 @@ def test_eager_behaviour_checkpoint_content_reaches_the_index_key(cache, tmp_pat
 
 
 def test_elcorec_gat_key(cache, tmp_path):
-    from recbole_llm.data import CTRTextDataset
-    from recbole_llm.model.elcorec.graph import gat_key
-    from recbole_llm.model.elcorec.settings import ELCoRecSettings
+    from recbole_llm.model.elcorec.expert import expert_key
+    from recbole_llm.model.elcorec.settings import ELCoRecSettings, GATSettings
+    from recbole_llm.quick_start import create_dataset
 
     ctr = dict(TEXT, load_col={"inter": ["user_id", "item_id", "rating", "timestamp"],
                                "item": ["item_id", "release_year", "genre"]})
@@ -171,13 +171,17 @@ def test_elcorec_gat_key(cache, tmp_path):
     def key(**extra):
         config = Config(model="ELCoRec", dataset="ml-tiny",
                         config_dict={**ctr, "threshold": {"rating": 4}, **extra})
-        return gat_key(cache, ELCoRecSettings.from_config(config), CTRTextDataset(config))
+        settings = ELCoRecSettings.from_config(config)
+        return expert_key(cache, GATSettings.of(settings), settings.seed, create_dataset(config))
 
     base = key()
     assert base == key(show_progress=True, rap_k_similar=3)           # not the expert's settings
     assert base != key(threshold={"rating": 3})                       # the reported stale key
     assert base != key(gat_dim=16)
     assert base != key(gat_time_buckets=4)
+    assert base != key(gat_mode="user")
+    assert base != key(gat_history_len=3)
+    assert base != key(min_history=3)                                 # other rows
     assert base != key(seed=3)
     data = _copy_data(tmp_path)
     _edit_line(data / "ml-tiny" / "ml-tiny.inter", 1, "881250949", "881250000")

@@ -14,6 +14,7 @@ import pandas as pd
 from recbole.data.dataset import Dataset, SequentialDataset
 
 from recbole_llm.data.atomic import AtomicFileError, atomic_path, read_header
+from recbole_llm.data.history import Timeline
 
 
 class ItemTextMixin:
@@ -100,7 +101,8 @@ class ItemTextMixin:
             frame = self.inter_feat[[self.uid_field, self.iid_field, field]]
             table = frame.groupby([self.uid_field, self.iid_field])[field].mean()
             self._text_cache["ratings"] = {(int(u), int(i)): float(r) for (u, i), r in table.items()}
-            self._row_ratings = frame[field].to_numpy(dtype=float)  # keyed by time below
+            # per row: keyed by time below, and the CTR timeline's
+            self._row_ratings = frame[field].to_numpy(dtype=np.float64)
         super()._set_label_by_threshold()
 
     def _discretization(self):
@@ -108,7 +110,7 @@ class ItemTextMixin:
         bucketed): each interaction's raw rating keyed by (user, item, time) as
         the time reaches the splits, so one split's ratings can be told apart."""
         super()._discretization()
-        raw = self.__dict__.pop("_row_ratings", None)
+        raw = getattr(self, "_row_ratings", None)
         if raw is None or not self.time_field or self.time_field not in self.inter_feat:
             return
         frame = pd.DataFrame({"u": self.inter_feat[self.uid_field].to_numpy(),
@@ -251,7 +253,29 @@ class SequentialTextDataset(ItemTextMixin, SequentialDataset):
 
 class CTRTextDataset(TextDataset):
     """CTR dataset with item text; ``rating_of`` keeps the ratings RecBole
-    turns into 0/1 labels (``threshold``) and then deletes."""
+    turns into 0/1 labels (``threshold``) and then deletes, and ``timeline()``
+    the whole interaction table, taken before any row is dropped
+    (``min_history``) or split off, for histories read as features."""
+
+    def __init__(self, config):
+        self._row_ratings = None
+        super().__init__(config)
+        frame = self.inter_feat
+        times = frame[self.time_field] if self.time_field and self.time_field in frame \
+            else np.arange(len(frame))
+        ratings = self._row_ratings if self._row_ratings is not None and \
+            len(self._row_ratings) == len(frame) else np.full(len(frame), np.nan)
+        self._text_cache["timeline"] = Timeline(frame[self.uid_field], frame[self.iid_field],
+                                                times, ratings, self.user_num)
+
+    def timeline(self) -> Timeline:
+        """Every interaction of the dataset before filtering and splitting (shared by
+        the split copies), with per-interaction raw ratings."""
+        return self._text_cache["timeline"]
+
+    def content_fingerprint_parts(self):
+        yield from super().content_fingerprint_parts()
+        yield self.timeline().fingerprint_bytes()
 
 
 def text_dataset(config):

@@ -6,21 +6,28 @@ https://arxiv.org/abs/2406.18825; authors' code: https://github.com/Otsuts/ELCoR
 
 What makes it ELCoRec, and where it lives here:
 
-* GAT expert network: a heterogeneous graph of users, items, categorical
-  feature values (every token field of the user and item files: age,
-  gender, occupation, genre, year, ...) and numerical features (the rating
-  levels and time buckets of the training interactions, as nodes joined to
-  the users and items they occur with, with the interaction count as edge
-  attribute), propagated by torch_geometric's ``HeteroConv`` of ``GATConv``
-  layers (2 layers, 8 heads, size 32 as in the authors' code); pre-trained
-  on the training split (BCE on the scaled cosine of user and item
-  embeddings, early stopping on a held-out tenth) and frozen.
-* Soft prompt: the user's GAT embedding, through a trainable
-  ``Linear(32 -> hidden)``, replaces the ``[PREF]`` placeholder's embedding.
-* RAP: the prompt shows the ``rap_k_similar`` items of the user's earlier
-  history most similar to the target by item-text embedding (faiss, search
-  restricted to the history) and the ``rap_k_recent`` most recent ones, with
-  their ratings, then the target and a yes/no question.
+* Histories are features: a row's history is every interaction of its user
+  strictly before the row's time, from the whole table (every split), never
+  the row's own item (``recbole_llm.data.history.Timeline``).  Rows with
+  fewer than ``min_history`` (paper: 5) earlier interactions are dropped
+  before the split, for every model alike (``create_dataset``).
+* GAT expert network (``expert.py``), pre-trained on the training rows and
+  frozen.  ``gat_mode: sample`` (authors' code, ``row_graph.py``): one graph
+  per row of its user, its target item, the ``gat_history_len`` most recent
+  history items (each with its rating and a sinusoidal encoding of the time
+  since it) and their categorical feature values (genre, year, ...), as
+  nodes; a heterogeneous GAT (torch_geometric ``HeteroConv`` of ``GATConv``)
+  propagates it and the target node's output is the row's soft token.
+  ``gat_mode: user`` (ablation, ``user_graph.py``): one graph of all training
+  interactions, one static vector per user.  Early stopping on the AUC of
+  held-out training rows, which the training samples and graph leave out;
+  that AUC is logged and kept as ``gat_valid_auc`` / ``expert_report``.
+* Soft prompt: the expert's output, through a trainable
+  ``Linear(gat_dim -> hidden)``, replaces the ``[PREF]`` placeholder's embedding.
+* RAP: the prompt shows the ``rap_k_similar`` history items most similar to
+  the target by item-text embedding (faiss, search restricted to the
+  history) and the ``rap_k_recent`` most recent ones, with their ratings,
+  then the target and a yes/no question.
 * Scoring: P(yes) = softmax over the "yes"/"no" token logits, so RecBole's
   evaluator computes AUC and LogLoss from ``predict``.
 """
@@ -36,8 +43,8 @@ from recbole_llm.llm.backbone import answer_token_ids
 from recbole_llm.llm.encoder import item_text_embeddings
 from recbole_llm.llm.prompts import Template, inference_batch, position_ids
 from recbole_llm.model.abstract import LLMRecommender
-from recbole_llm.model.elcorec.graph import GATExpert, build_hetero_graph, gat_key, pretrain_gat
-from recbole_llm.model.elcorec.settings import ELCoRecSettings
+from recbole_llm.model.elcorec.expert import pretrained_expert
+from recbole_llm.model.elcorec.settings import ELCoRecSettings, GATSettings
 
 PREF_TOKEN = "[PREF]"
 
@@ -59,6 +66,11 @@ class ELCoRec(LLMRecommender, AbstractRecommender):
             raise InputError(f"ELCoRec needs the interactions' time: TIME_FIELD is {field!r}"
                              + (f" and load_col.inter {inter} leaves it out" if field else "")
                              + "; set TIME_FIELD and load it")
+        share = final.get("gat_valid_share")
+        if share is not None and not 0 < share < 1:
+            raise InputError(f"gat_valid_share must be between 0 and 1 (exclusive), got "
+                             f"{share!r}: the GAT expert's early stopping needs held-out rows "
+                             "and training rows")
 
     def __init__(self, config, dataset):
         super().__init__()
@@ -70,10 +82,16 @@ class ELCoRec(LLMRecommender, AbstractRecommender):
         self.k_similar, self.k_recent = s.rap_k_similar, s.rap_k_recent
         self.use_rap, self.use_soft_prompt = s.rap, s.soft_prompt
 
-        self.hist_items, self.hist_times, self.hist_ratings = dataset.timed_histories()
+        if not hasattr(dataset, "timeline"):
+            raise InputError("ELCoRec reads histories from the whole interaction table: its "
+                             "dataset must be a CTRTextDataset (the registry's choice)")
+        self.timeline = dataset.timeline()
+        self._check_min_history(dataset, s.min_history)
         self._build_retrieval(dataset)
-        user_pref = self._gat_user_embeddings(dataset)
-        self.register_buffer("user_pref", user_pref)  # frozen GAT output
+        self.expert, self.expert_report = pretrained_expert(
+            dataset, self.timeline, GATSettings.of(s), s.seed, self.cache, s.show_progress,
+            self.device)
+        self.gat_valid_auc = self.expert_report["valid_auc"]
 
         texts = dataset.item_texts()
         corpus = [t for t in texts if t] + [s.elcorec_template, " yes no"] + \
@@ -88,7 +106,13 @@ class ELCoRec(LLMRecommender, AbstractRecommender):
                                  "profile", "similar", "recent", "pref", "target")
         self._tokenise_items(dataset)
         self.profiles = self._user_profiles(dataset)
-        self.soft_proj = nn.Linear(user_pref.shape[1], llm.config.hidden_size)
+        self.soft_proj = nn.Linear(s.gat_dim, llm.config.hidden_size)
+
+    def train(self, mode: bool = True):
+        """The frozen expert stays in evaluation mode."""
+        super().train(mode)
+        self.expert.eval()
+        return self
 
     # --- data side ------------------------------------------------------
     def _build_retrieval(self, dataset):
@@ -101,25 +125,19 @@ class ELCoRec(LLMRecommender, AbstractRecommender):
         self.text_index.add(emb)
         self.text_emb = emb
 
-    def _gat_user_embeddings(self, dataset) -> torch.Tensor:
-        s = self.settings
-
-        def compute():
-            graph, _ = build_hetero_graph(dataset, s.gat_time_buckets)
-            torch.manual_seed(s.seed)
-            expert = GATExpert(graph, s.gat_dim, s.gat_layers, s.gat_heads)
-            inter = dataset.inter_feat
-            pretrain_gat(expert, graph, np.asarray(inter[self.USER_ID]),
-                         np.asarray(inter[self.ITEM_ID]), np.asarray(inter[self.LABEL]),
-                         s.gat_epochs, s.gat_learning_rate, s.gat_weight_decay, s.gat_batch_size,
-                         s.gat_patience, s.seed, s.show_progress)
-            with torch.no_grad():
-                h = expert(graph)
-            return {"user": h["user"].numpy(), "item": h["item"].numpy()}
-
-        arrays = self.cache.get_or_compute_arrays(gat_key(self.cache, s, dataset), compute)
-        self.gat_item = torch.as_tensor(arrays["item"])
-        return torch.as_tensor(arrays["user"])
+    def _check_min_history(self, dataset, min_history: int) -> None:
+        """The training rows obey ``min_history``: a dataset built another way
+        than ``create_dataset`` would not have dropped the short ones."""
+        if not min_history:
+            return
+        inter = dataset.inter_feat
+        short = self.timeline.history_lengths(inter[self.USER_ID].numpy(),
+                                               inter[self.ITEM_ID].numpy(),
+                                               inter[self.TIME].numpy()) < min_history
+        if short.any():
+            raise InputError(f"{int(short.sum())} training rows have fewer than min_history="
+                             f"{min_history} earlier interactions: build the dataset with "
+                             "recbole_llm.quick_start.create_dataset, which drops them")
 
     def _tokenise_items(self, dataset):
         names = self.item_names(dataset, self.settings.prompt_item_field)
@@ -155,11 +173,10 @@ class ELCoRec(LLMRecommender, AbstractRecommender):
 
     # --- RAP ------------------------------------------------------------
     def rap_items(self, user: int, target: int, time: float):
-        """(similar items, recent items) of the user's history before ``time``."""
+        """(similar items, recent items) of the row's history (before ``time``)."""
         import faiss
 
-        cut = int(np.searchsorted(self.hist_times[user], time, side="left"))
-        history = self.hist_items[user][:cut]
+        history = self.timeline.history(user, target, time)[0]
         if not self.use_rap:
             return [], history[-(self.k_recent + self.k_similar):].tolist()
         recent = history[-self.k_recent:].tolist() if self.k_recent else []
@@ -172,8 +189,7 @@ class ELCoRec(LLMRecommender, AbstractRecommender):
             similar = [int(i) for i in found[0] if i >= 0]
         return similar, recent
 
-    def _render(self, user, items) -> list:
-        ratings = dict(zip(self.hist_items[user].tolist(), self.hist_ratings[user].tolist()))
+    def _render(self, ratings: dict, items) -> list:
         out = []
         for n, item in enumerate(items):
             if n:
@@ -193,22 +209,33 @@ class ELCoRec(LLMRecommender, AbstractRecommender):
         pref = [self.pref_id] if self.use_soft_prompt else []
         for u, i, t in zip(users, items, times):
             similar, recent = self.rap_items(u, i, t)
-            prompts.append(self.template.fill(self.profiles[u], self._render(u, similar),
-                                              self._render(u, recent), pref, self.item_ids[i]))
+            seen, _, rated = self.timeline.history(u, i, t)
+            ratings = dict(zip(seen.tolist(), rated.tolist()))  # the latest rating of an item
+            prompts.append(self.template.fill(self.profiles[u], self._render(ratings, similar),
+                                              self._render(ratings, recent), pref,
+                                              self.item_ids[i]))
         return prompts
+
+    @torch.no_grad()
+    def soft_token_inputs(self, interaction) -> torch.Tensor:
+        """The frozen expert's output for each row (``[rows, gat_dim]``)."""
+        return self.expert.tokens(interaction[self.USER_ID].cpu().numpy(),
+                                  interaction[self.ITEM_ID].cpu().numpy(),
+                                  interaction[self.TIME].cpu().numpy())
 
     # --- scoring --------------------------------------------------------
     def yes_no_logits(self, interaction) -> torch.Tensor:
         prompts = self.prompts(interaction)
         input_ids, mask = inference_batch(prompts, self.pad_id, self.max_prompt)
-        input_ids, mask = input_ids.to(self.user_pref.device), mask.to(self.user_pref.device)
+        device = self.soft_proj.weight.device
+        input_ids, mask = input_ids.to(device), mask.to(device)
         embeds = self.llm.get_input_embeddings()(input_ids)
         if self.use_soft_prompt:
             slot = input_ids == self.pref_id
             rows = slot.nonzero()[:, 0]
-            users = interaction[self.USER_ID].to(embeds.device)[rows]
+            tokens = self.soft_token_inputs(interaction).to(device)[rows]
             embeds = embeds.clone()
-            embeds[slot] = self.soft_proj(self.user_pref[users]).to(embeds.dtype)
+            embeds[slot] = self.soft_proj(tokens).to(embeds.dtype)
         positions = position_ids(mask)
         # only the answer position is scored: skip the vocabulary projection elsewhere
         logits = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,

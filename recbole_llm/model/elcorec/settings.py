@@ -1,4 +1,9 @@
-"""ELCoRec's settings, read once (``properties/model/ELCoRec.yaml`` documents each)."""
+"""ELCoRec's settings, read once (``properties/model/ELCoRec.yaml`` documents each).
+
+:class:`GATSettings` are the GAT expert's own: the expert's code receives
+only them (and the seed), so its cache key, built from all of them, covers
+everything it reads.
+"""
 import dataclasses
 from typing import Optional
 
@@ -6,11 +11,9 @@ from recbole_llm.model.abstract import LLMSettings
 
 
 @dataclasses.dataclass(frozen=True)
-class ELCoRecSettings(LLMSettings):
-    # item-text embeddings (RAP's retrieval)
-    text_encoder_path: Optional[str]
-    text_encoder_batch_size: int
-    # GAT expert
+class GATSettings:
+    gat_mode: str
+    gat_history_len: int
     gat_dim: int
     gat_layers: int
     gat_heads: int
@@ -19,7 +22,22 @@ class ELCoRecSettings(LLMSettings):
     gat_weight_decay: float
     gat_batch_size: int
     gat_patience: int
+    gat_valid_share: float
     gat_time_buckets: int
+
+    @classmethod
+    def of(cls, settings) -> "GATSettings":
+        """The expert's part of a model's settings."""
+        return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class ELCoRecSettings(LLMSettings, GATSettings):
+    # rows: the minimum history the dataset was filtered with (checked)
+    min_history: int
+    # item-text embeddings (RAP's retrieval)
+    text_encoder_path: Optional[str]
+    text_encoder_batch_size: int
     # prompt: RAP and the soft token
     rap: bool
     rap_k_similar: int

@@ -1,16 +1,14 @@
-"""ELCoRec's GAT expert: the heterogeneous graph of users, items, categorical
-and numerical features, the heterogeneous GAT over it, its pre-training, and
-the cache key of its output."""
-import dataclasses
-
+"""ELCoRec's GAT expert on one graph of all training interactions
+(``gat_mode: user``, an ablation): users, items, categorical feature values
+and numerical features (rating levels, time buckets) as nodes; the soft token
+is the user's output, one static vector per user whatever the target.
+``gat_mode: sample`` (``row_graph.py``) is the authors' target-aware graph.
+"""
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from recbole.utils import FeatureType
-from tqdm import tqdm
-
-from recbole_llm.fingerprint import dataset_fingerprint
 
 
 # ----------------------------------------------------------------- the graph
@@ -19,8 +17,9 @@ def _count_edges(src: np.ndarray, dst: np.ndarray):
     return pairs[:, 0], pairs[:, 1], np.log1p(counts).astype(np.float32)
 
 
-def build_hetero_graph(dataset, time_buckets: int):
-    """The heterogeneous graph of the dataset's (training) interactions.
+def build_hetero_graph(dataset, time_buckets: int, rows=None):
+    """The heterogeneous graph of the dataset's (training) interactions, or of
+    the ones at indices ``rows`` (pre-training leaves its held-out rows out).
 
     Returns ``(HeteroData, info)``; every relation is added in both
     directions so that every node type receives messages.
@@ -28,8 +27,13 @@ def build_hetero_graph(dataset, time_buckets: int):
     from torch_geometric.data import HeteroData
 
     inter = dataset.inter_feat
-    users = np.asarray(inter[dataset.uid_field]).astype(np.int64)
-    items = np.asarray(inter[dataset.iid_field]).astype(np.int64)
+    all_users = np.asarray(inter[dataset.uid_field]).astype(np.int64)
+    all_items = np.asarray(inter[dataset.iid_field]).astype(np.int64)
+    # node sets (rating levels, time buckets) from every row: the same shapes with or
+    # without ``rows``, so weights trained on a part load into the whole
+    all_ratings = np.array([dataset.rating_of(u, i) for u, i in zip(all_users, all_items)])
+    keep = slice(None) if rows is None else np.asarray(rows)
+    users, items, ratings = all_users[keep], all_items[keep], all_ratings[keep]
     data = HeteroData()
     data["user"].num_nodes = dataset.user_num
     data["item"].num_nodes = dataset.item_num
@@ -44,9 +48,8 @@ def build_hetero_graph(dataset, time_buckets: int):
         edges[(dst_type, f"rev_{name}", src_type)] = (index.flip(0), attr)
 
     relate("user", "interacts", "item", users, items, np.ones(len(users), np.float32))
-    ratings = np.array([dataset.rating_of(u, i) for u, i in zip(users, items)])
+    levels = np.unique(all_ratings[~np.isnan(all_ratings)])
     known = ~np.isnan(ratings)
-    levels = np.unique(ratings[known])
     if len(levels):
         level = np.searchsorted(levels, ratings[known])
         data["rating"].num_nodes = len(levels)
@@ -55,8 +58,9 @@ def build_hetero_graph(dataset, time_buckets: int):
     time_field = dataset.time_field
     edges_time = None
     if time_field and time_field in inter:
-        times = np.asarray(inter[time_field]).astype(np.float64)
-        edges_time = np.unique(np.quantile(times, np.linspace(0, 1, time_buckets + 1)[1:-1]))
+        all_times = np.asarray(inter[time_field]).astype(np.float64)
+        edges_time = np.unique(np.quantile(all_times, np.linspace(0, 1, time_buckets + 1)[1:-1]))
+        times = all_times[keep]
         bucket = np.searchsorted(edges_time, times, side="right")
         data["time"].num_nodes = len(edges_time) + 1
         relate("user", "active_at", "time", users, bucket)
@@ -86,23 +90,27 @@ def build_hetero_graph(dataset, time_buckets: int):
                   "categorical": categorical}
 
 
-class GATExpert(nn.Module):
-    """Heterogeneous GAT over :func:`build_hetero_graph`; scores users x items."""
+class UserGATExpert(nn.Module):
+    """Heterogeneous GAT over :func:`build_hetero_graph` (``gat_mode: user``);
+    scores a row by the scaled cosine of its user's and item's outputs."""
 
     def __init__(self, graph, dim: int = 32, layers: int = 2, heads: int = 8):
         from torch_geometric.nn import GATConv, HeteroConv
 
         super().__init__()
+        self.graph = graph  # the graph pre-training propagates
         self.embeddings = nn.ModuleDict({t: nn.Embedding(graph[t].num_nodes, dim)
                                          for t in graph.node_types})
         for emb in self.embeddings.values():
             nn.init.normal_(emb.weight, std=0.1)
         self.convs = nn.ModuleList([
-            HeteroConv({et: GATConv((-1, -1), dim, heads=heads, concat=False,
+            HeteroConv({et: GATConv((dim, dim), dim, heads=heads, concat=False,
                                     add_self_loops=False, edge_dim=1)
                         for et in graph.edge_types}, aggr="sum")
             for _ in range(layers)])
         self.scale = nn.Parameter(torch.tensor(5.0))
+        # each user's output on the whole training graph, set by ``freeze``
+        self.register_buffer("user_tokens", torch.zeros(graph["user"].num_nodes, dim))
 
     def forward(self, graph) -> dict:
         h = {t: emb.weight for t, emb in self.embeddings.items()}
@@ -111,57 +119,15 @@ class GATExpert(nn.Module):
             h = {t: F.elu(out[t]) + h[t] if t in out else h[t] for t in h}
         return h
 
-    def logits(self, h, users, items):
+    def logits(self, users, items, times=None) -> torch.Tensor:
+        h = self(self.graph)
+        users, items = torch.as_tensor(users), torch.as_tensor(items)
         return self.scale * F.cosine_similarity(h["user"][users], h["item"][items], dim=-1)
 
+    @torch.no_grad()
+    def freeze(self, graph) -> None:
+        """Keep each user's output on ``graph`` (all training interactions)."""
+        self.user_tokens.copy_(self(graph)["user"])
 
-def pretrain_gat(expert, graph, users, items, labels, epochs, lr, weight_decay, batch_size,
-                 patience, seed, show_progress=False):
-    """BCE on the training pairs; early stopping on a held-out tenth of them."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(users))
-    n_val = max(1, len(order) // 10)
-    val, train = order[:n_val], order[n_val:]
-    labels = torch.as_tensor(labels, dtype=torch.float32)
-    users, items = torch.as_tensor(users), torch.as_tensor(items)
-    optim = torch.optim.Adam(expert.parameters(), lr=lr, weight_decay=weight_decay)
-    best, best_state, bad = float("inf"), None, 0
-    for _ in tqdm(range(epochs), desc="GAT expert", disable=not show_progress):
-        expert.train()
-        shuffled = rng.permutation(train)
-        for start in range(0, len(train), batch_size):
-            rows = torch.as_tensor(shuffled[start:start + batch_size])
-            h = expert(graph)
-            loss = F.binary_cross_entropy_with_logits(
-                expert.logits(h, users[rows], items[rows]), labels[rows])
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
-        expert.eval()
-        with torch.no_grad():
-            h = expert(graph)
-            rows = torch.as_tensor(val)
-            val_loss = F.binary_cross_entropy_with_logits(
-                expert.logits(h, users[rows], items[rows]), labels[rows]).item()
-        if val_loss < best:
-            best, bad = val_loss, 0
-            best_state = {k: v.detach().clone() for k, v in expert.state_dict().items()}
-        else:
-            bad += 1
-            if bad >= patience:
-                break
-    expert.load_state_dict(best_state)
-    return best
-
-
-def gat_settings(settings) -> dict:
-    """The expert's settings: the ``gat_*`` fields of the model's settings."""
-    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)
-            if f.name.startswith("gat_")}
-
-
-def gat_key(cache, settings, dataset) -> str:
-    """The expert reads only its settings, the seed and the dataset (labels after
-    thresholding, ratings, times, item features)."""
-    return cache.key("elcorec-gat", data=dataset_fingerprint(dataset), seed=settings.seed,
-                     settings=gat_settings(settings))
+    def tokens(self, users, items=None, times=None) -> torch.Tensor:
+        return self.user_tokens[torch.as_tensor(users, device=self.user_tokens.device)]
