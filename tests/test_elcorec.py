@@ -328,3 +328,12 @@ def test_end_to_end_command_line_reports_a_test_auc(cli, tmp_path):
     auc, logloss, expert_auc = float(test.group(1)), float(test.group(2)), float(expert.group(1))
     assert math.isfinite(auc) and 0 <= auc <= 1 and math.isfinite(logloss) and logloss > 0
     assert 0 <= expert_auc <= 1
+
+
+def test_prompts_that_cannot_fit_are_refused_before_training(tmp_path_factory):
+    """rap_k_* items of item_text_max_tokens each over llm_max_prompt_tokens: an
+    error naming the setting when the model is built (never a cut prompt)."""
+    from recbole_llm.errors import InputError
+
+    with pytest.raises(InputError, match="over llm_max_prompt_tokens=100"):
+        build_model(tmp_path_factory, "ELCoRec", "ml-tiny", dict(TINY_CTR, llm_max_prompt_tokens=100))

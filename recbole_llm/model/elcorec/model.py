@@ -106,6 +106,7 @@ class ELCoRec(LLMRecommender, AbstractRecommender):
                                  "profile", "similar", "recent", "pref", "target")
         self._tokenise_items(dataset)
         self.profiles = self._user_profiles(dataset)
+        self._check_lengths()
         self.soft_proj = nn.Linear(s.gat_dim, llm.config.hidden_size)
 
     def train(self, mode: bool = True):
@@ -147,6 +148,23 @@ class ELCoRec(LLMRecommender, AbstractRecommender):
         sep = self.tokenizer("; ", add_special_tokens=False)["input_ids"]
         self.sep_ids = sep
         self._rating_ids = {}
+
+    def _check_lengths(self) -> None:
+        """The longest possible prompt fits ``llm_max_prompt_tokens`` (checked before
+        training: prompts are never cut)."""
+        s = self.settings
+        rating = max(len(self._rating_tokens(r)) for r in [float("nan")] + list(np.arange(0, 10.5, 0.5)))
+        shown = s.rap_k_similar + s.rap_k_recent
+        item = s.item_text_max_tokens + rating
+        # similar and recent lists: items and the separators inside each list
+        lists = shown * item + max(shown - 2, 0) * len(self.sep_ids)
+        need = len(self.template.fill([], [], [], [], [])) + max(map(len, self.profiles)) + lists \
+            + 1 + s.item_text_max_tokens
+        if need > self.max_prompt:
+            raise InputError(f"ELCoRec prompts take up to {need} tokens (rap_k_similar + "
+                             f"rap_k_recent = {shown} items of up to {item}, item_text_max_tokens="
+                             f"{s.item_text_max_tokens}), over llm_max_prompt_tokens="
+                             f"{self.max_prompt}: raise it")
 
     def _rating_tokens(self, rating: float) -> list:
         key = "?" if np.isnan(rating) else f"{rating:g}"
