@@ -498,3 +498,31 @@ def test_batches_refuse_prompts_over_the_limit():
     with pytest.raises(PromptTooLong, match="training sequence of 9 tokens"):
         training_batch([[5] * 6], [[6, 7, 8]], 0, 8)
     assert inference_batch([[5] * 8], 0, 8)[0].shape == (1, 8)
+
+
+def test_attribute_filling_completes_exactly_the_missing_values(rating):
+    """Rating prediction's augmentation: blanked item years and user occupations
+    come back as values the field takes elsewhere; nothing else changes."""
+    from recbole_llm.model.llama4rec.attributes import fill_attributes, missing_attributes
+
+    _, (train, _, _), model, _ = rating
+    dataset = train.dataset
+    before_missing = {t: {f: set(r.tolist()) for f, r in missing_attributes(dataset, t).items()}
+                      for t in ("item", "user")}
+    item_feat = dataset.item_feat
+    field = "release_year"
+    blank = [3, 7]
+    kept = item_feat[field].clone()
+    item_feat[field][blank] = 0
+    fills = fill_attributes(model, dataset)
+    filled = {(t, row, f) for t, row, f, _ in fills}
+    assert {("item", r, field) for r in blank} <= filled
+    expected = {("item", r, field) for r in blank} | {
+        (t, r, f) for t, fields in before_missing.items() for f, rows in fields.items() for r in rows}
+    assert filled == expected
+    observed = set(kept[kept > 0].tolist())
+    assert all(int(item_feat[field][r]) in observed for r in blank)
+    untouched = torch.ones(len(kept), dtype=torch.bool)
+    untouched[blank] = False
+    assert torch.equal(item_feat[field][untouched], kept[untouched])
+    item_feat[field][:] = kept

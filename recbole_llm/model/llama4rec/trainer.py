@@ -26,6 +26,7 @@ from recbole_llm.fingerprint import dataset_fingerprint, path_fingerprint, recbo
 from recbole_llm.llm.choice import LabelChoiceClient
 from recbole_llm.llm.client import client_from_config
 from recbole_llm.llm.prompts import answer_lm_loss, training_batch
+from recbole_llm.model.llama4rec.attributes import fill_attributes
 from recbole_llm.model.llama4rec.prompts import LABELS, offered_labels
 from recbole_llm.model.llama4rec.samples import holdout_rows
 from recbole_llm.trainer import WeightsOnlyCheckpointMixin, load_checkpoint, with_weights_only_checkpoints
@@ -199,16 +200,21 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
 
         result = (float("-inf"), None)
         if s.data_augmentation and model.rating_task:
-            self.logger.warning("data augmentation for rating prediction (the paper's attribute "
-                                "filling) is not implemented: the rating model trains on D")
+            fills = fill_attributes(model, train_data.dataset)
+            self.logger.info(f"data augmentation (attribute filling): {len(fills)} missing "
+                             f"attributes filled: {fills[:20]}")
+            if not fills:
+                self.logger.info("no attribute is missing: the rating model trained on D stays")
         elif s.data_augmentation:
             client = self._augmentation_client(llm_key, show_progress)
             stats = model.augment(client, np.random.default_rng(s.seed))
             self.logger.info(f"data augmentation: {stats['prompts']} prompts, {stats['valid']} valid "
                              f"answers, {stats['dropped']} dropped (no valid candidate named), "
                              f"{stats['rows']} training rows added to {model.train_rows}")
+        if s.data_augmentation and (not model.rating_task or fills):
             key = augmented_base_key(model.cache, config, s, base_id, llm_key,
-                                     model.augmented_fingerprint())
+                                     model.augmented_fingerprint()
+                                     + dataset_fingerprint(train_data.dataset))
             if model.cache.has_arrays(key):  # e.g. an ablation that changes only the aggregation
                 model.load_base_arrays(model.cache.load_arrays(key))
                 self.logger.info(f"conventional model on D': cached ({key})")
