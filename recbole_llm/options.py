@@ -173,6 +173,7 @@ _PLUGIN_DEFAULT_RULE = _at_least(0)
 CHOICES = {
     "learner": ("adam", "sgd", "adagrad", "rmsprop", "sparse_adam"),
     "llm_tuning": ("auto", "lora", "full"),
+    "llm_dtype": ("float32", "bfloat16", "float16"),
     "llm_api_mode": ("completions", "chat"),
     "index_composition": ("unit", "semantic", "behavior", "random"),
     "index_collision": ("reassign", "extra_code"),

@@ -112,6 +112,24 @@ def set_rng_state(state: dict, loader=None) -> None:
         generator.set_state(state["loader"])
 
 
+def adapter_dir(checkpoint_file: str) -> str:
+    """Where the LoRA adapter of a checkpoint goes: ``<checkpoint>-adapter/``."""
+    root, ext = os.path.splitext(checkpoint_file)
+    return f"{root}-adapter"
+
+
+def save_adapter(model, checkpoint_file: str):
+    """A LoRA-tuned backbone's adapter beside its RecBole checkpoint, in peft's own
+    format (``adapter_config.json`` + safetensors, new tokens' rows included),
+    so it loads with ``PeftModel.from_pretrained``; the folder, or None."""
+    llm = getattr(model, "llm", None)
+    if llm is None or not hasattr(llm, "peft_config"):
+        return None
+    folder = adapter_dir(checkpoint_file)
+    llm.save_pretrained(folder)
+    return folder
+
+
 def unique_checkpoint_name(model: str) -> str:
     """``Model-<time>-<pid>-<random>.pth``: two runs started in the same second
     never write the same file (RecBole's names have one-second resolution)."""
@@ -178,8 +196,10 @@ class WeightsOnlyCheckpointMixin:
             return
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
         save_checkpoint(self._checkpoint_state(epoch), saved_model_file)
+        adapter = save_adapter(self.model, saved_model_file)
         if verbose:
-            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}"
+                             + (f" (LoRA adapter in peft's format: {adapter})" if adapter else ""))
 
     def resume_checkpoint(self, resume_file):
         resume_file = str(resume_file)

@@ -82,18 +82,30 @@ def build_model(tmp_path_factory, model, dataset, settings):
     return config, data, net, trainer
 
 
-@pytest.fixture(scope="session")
-def tiny_llm_path(tmp_path_factory):
+def save_tiny_pretrained(folder, architecture: str = "llama") -> str:
     """A pretrained-style model folder, as a user would pass it as ``llm_path``:
-    a tiny random Llama and its tokenizer saved with ``save_pretrained``."""
+    a tiny random causal LM (``llama`` or ``gpt2``) and its tokenizer saved with
+    ``save_pretrained``."""
     from recbole_llm.llm.backbone import small_llama, train_tokenizer
 
     texts = [line.split("\t", 2)[1] for line in
              open(os.path.join(DATA, "beauty-tiny", "beauty-tiny.item"), encoding="utf-8")][1:]
     tokenizer = train_tokenizer(texts + ["The user has purchased the following items"] * 5, 500)
-    model = small_llama(len(tokenizer), hidden=32, layers=2, heads=2,
-                        pad_token_id=tokenizer.pad_token_id)
-    folder = tmp_path_factory.mktemp("tiny-llama")
+    if architecture == "llama":
+        model = small_llama(len(tokenizer), hidden=32, layers=2, heads=2,
+                            pad_token_id=tokenizer.pad_token_id)
+    else:
+        from transformers import GPT2Config, GPT2LMHeadModel
+        model = GPT2LMHeadModel(GPT2Config(
+            vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=1024,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_path(tmp_path_factory):
+    """A tiny pretrained-style Llama folder (see :func:`save_tiny_pretrained`)."""
+    return save_tiny_pretrained(tmp_path_factory.mktemp("tiny-llama"))

@@ -122,11 +122,11 @@ def load_backbone(config, corpus=None, cache: Cache = None):
 
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
-                                                     dtype=torch.float32)
+                                                     dtype=llm_dtype(config))
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        return model, tokenizer
+        return _memory_settings(model, config), tokenizer
     if not corpus:
         raise ValueError("the small default backbone needs a text corpus for its tokenizer")
     cache = cache or Cache.from_config(config)
@@ -151,8 +151,26 @@ def load_backbone(config, corpus=None, cache: Cache = None):
                         layers=config["llm_num_layers"], heads=config["llm_num_heads"],
                         max_positions=config["llm_max_positions"],
                         pad_token_id=tokenizer.pad_token_id, seed=config["seed"],
-                        dropout=config["llm_dropout"])
-    return model, tokenizer
+                        dropout=config["llm_dropout"]).to(llm_dtype(config))
+    return _memory_settings(model, config), tokenizer
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def llm_dtype(config) -> torch.dtype:
+    """``llm_dtype``: the backbone's weights at load (bfloat16 halves a 7B model's
+    memory; LoRA weights stay float32, peft casts them)."""
+    return DTYPES[config["llm_dtype"]]
+
+
+def _memory_settings(model, config):
+    """``llm_gradient_checkpointing``: recompute activations in the backward pass
+    (less memory, about a third more time); the KV cache is off then."""
+    if config["llm_gradient_checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model
 
 
 def add_tokens(model, tokenizer, tokens, special: bool = False) -> list:
@@ -250,9 +268,17 @@ def apply_tuning(model, config, new_token_ids=None):
             trainable_tokens[_module_name(model, out)] = ids
     lora = LoraConfig(
         r=config["lora_r"], lora_alpha=config["lora_alpha"], lora_dropout=config["lora_dropout"],
-        target_modules=list(config["lora_target_modules"]), task_type="CAUSAL_LM",
+        target_modules=list(config["lora_target_modules"]) if config["lora_target_modules"]
+        else None, task_type="CAUSAL_LM",
         trainable_token_indices=trainable_tokens)
-    return get_peft_model(model, lora)
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as err:
+        if config["lora_target_modules"] or "target_modules" not in str(err):
+            raise
+        raise ValueError(f"peft knows no default LoRA modules for model type "
+                         f"'{model.config.model_type}': set lora_target_modules (names of its "
+                         "Linear layers, e.g. [q_proj, v_proj])") from None
 
 
 def count_trainable(model) -> tuple:

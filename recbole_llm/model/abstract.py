@@ -57,11 +57,13 @@ class LLMSettings:
     llm_num_heads: int
     llm_max_positions: int
     llm_dropout: float
+    llm_dtype: str
+    llm_gradient_checkpointing: bool
     llm_tuning: str
     lora_r: int
     lora_alpha: int
     lora_dropout: float
-    lora_target_modules: list
+    lora_target_modules: Optional[list]
     llm_max_prompt_tokens: int
     item_text_fields: list
     item_text_keyed: bool

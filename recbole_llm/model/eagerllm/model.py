@@ -342,7 +342,7 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
             p.requires_grad_(False)
         s = self.settings
         adapter = LoraConfig(r=s.aat_lora_r, lora_alpha=s.aat_lora_alpha, lora_dropout=s.lora_dropout,
-                             target_modules=list(s.aat_target_modules),
+                             target_modules=list(s.aat_target_modules) if s.aat_target_modules else None,
                              task_type="CAUSAL_LM")
         self.llm = get_peft_model(llm, adapter)
         self.annealing = True

@@ -43,7 +43,7 @@ class EAGERSettings(LLMSettings):
     aat_min_history: int
     aat_lora_r: int
     aat_lora_alpha: int
-    aat_target_modules: list
+    aat_target_modules: Optional[list]
     aat_learning_rate: float
     aat_keep_adapter: bool
     # decoding

@@ -13,7 +13,21 @@ import shutil
 
 from recbole.trainer import Trainer
 
-from recbole_llm.trainer import WeightsOnlyCheckpointMixin
+from recbole_llm.trainer import WeightsOnlyCheckpointMixin, adapter_dir
+
+
+def _move_adapter(src: str, dst, copy: bool = False) -> None:
+    """The peft adapter folder travels with its checkpoint (``dst`` None: removed)."""
+    src_dir = adapter_dir(src)
+    if not os.path.isdir(src_dir):
+        return
+    if dst is None:
+        shutil.rmtree(src_dir)
+        return
+    dst_dir = adapter_dir(dst)
+    if os.path.isdir(dst_dir):
+        shutil.rmtree(dst_dir)
+    (shutil.copytree if copy else shutil.move)(src_dir, dst_dir)
 
 
 class EAGERTrainer(WeightsOnlyCheckpointMixin, Trainer):
@@ -29,6 +43,7 @@ class EAGERTrainer(WeightsOnlyCheckpointMixin, Trainer):
         if compare:
             self.load_model_weights(self.saved_model_file)  # best stage-one weights
             shutil.copyfile(self.saved_model_file, stage_one)
+            _move_adapter(self.saved_model_file, stage_one, copy=True)
         stage_one_score, stage_one_result = self.best_valid_score, self.best_valid_result
         self.model.start_annealing()
         self.logger.info(f"Annealing adapter tuning: {epochs} epoch(s) on samples with at least "
@@ -52,8 +67,10 @@ class EAGERTrainer(WeightsOnlyCheckpointMixin, Trainer):
                          f"{'the annealed model' if better else 'stage one'}")
         if better:
             os.remove(stage_one)
+            _move_adapter(stage_one, None)
             return annealed
         os.replace(stage_one, self.saved_model_file)
+        _move_adapter(stage_one, self.saved_model_file)
         self.load_model_weights(self.saved_model_file)
         self.best_valid_score, self.best_valid_result = stage_one_score, stage_one_result
         return stage_one_score, stage_one_result

@@ -12,7 +12,10 @@ def long_tail_alpha(counts, alpha1: float, alpha2: float, transform: str = "log"
     ``n_u``) of the user's number of training interactions; scaled to [0, 1]
     between the largest and the smallest coefficient (1 = furthest in the
     tail), weighted by ``alpha1`` and cut off at ``alpha2``:
-    ``alpha_u = min(alpha1 * (l_max - l_u) / (l_max - l_min), alpha2)``.
+    ``alpha_u = min(alpha1 * (l_max - l_u) / (l_max - l_min), alpha2)``, the
+    extremes taken over users with interactions (RecBole's padding user 0 would
+    otherwise set ``l_min = 0`` and no real user would reach the tail's weight);
+    users with none count as furthest in the tail.
     """
     if not 0 <= alpha2 < 1:
         raise ValueError(f"alpha2 (the cut-off) must lie in [0, 1), got {alpha2}")
@@ -23,8 +26,13 @@ def long_tail_alpha(counts, alpha1: float, alpha2: float, transform: str = "log"
         coef = counts
     else:
         raise ValueError(f"long_tail_transform must be 'log' or 'linear', not '{transform}'")
-    span = coef.max() - coef.min() if len(coef) else 0.0
-    tail = (coef.max() - coef) / span if span > 0 else np.zeros_like(coef)
+    active = counts > 0
+    if not active.any():
+        return np.zeros_like(coef)
+    high, low = coef[active].max(), coef[active].min()
+    span = high - low
+    tail = np.clip((high - coef) / span, 0, 1) if span > 0 else np.zeros_like(coef)
+    tail[~active] = 1.0
     return np.minimum(alpha1 * tail, alpha2)
 
 

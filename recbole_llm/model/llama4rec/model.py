@@ -158,12 +158,6 @@ class Llama4Rec(LLMRecommender, AbstractRecommender):
         self.alpha.copy_(torch.as_tensor(alpha, dtype=torch.float32))
         self.alpha_pair.copy_(torch.tensor([alpha1, alpha2]))
 
-    def load_state_dict(self, state_dict, strict=True, assign=False):
-        """``alpha`` follows the checkpoint's ``alpha_pair``."""
-        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
-        self.set_alpha(*self.alpha_pair.tolist())
-        return out
-
     def keep_llm_outputs(self, keep: bool) -> None:
         """While on, the LLM's output for a (user, candidates) or (user, item)
         question is computed once: alpha does not change it, so a search over

@@ -17,16 +17,17 @@ RATING_WORDS = ["1", "2", "3", "4", "5"]
 # a bare letter counts as a label only as the whole answer or after a cue word:
 # in free text, "A" and "I" are usually an article and a pronoun
 _BARE = re.compile(r"^\W*\(?([A-Z])\)?\W*$")
-_CUED = re.compile(r"(?:\b(?:answer|option|choice|candidate|label|pick|choose|select|recommend|"
-                   r"say|be|is|item)\b\W{0,3})\(?([A-Z])\b")
+_CUED = re.compile(r"(?i:\b(?:answer|option|choice|candidate|label|pick|choose|select|recommend|"
+                   r"say|be|is|item)\b)\W{0,5}\(?([A-Z])\b(?!'|\s+[A-Z][a-z])")
 
 
 def parse_choice(text: str, n_candidates: int, names=None):
     """Index of the candidate an LLM answer names, or None.
 
-    Accepts ``[C]``; a bare ``C`` as the whole answer or after a cue ("pick
-    C", "the answer is C", "I'd say C"), so that an article or a pronoun is
-    never read as a label; failing those, a candidate's name quoted in the
+    Accepts ``[C]``; a bare ``C`` as the whole answer or after a cue, in any
+    case ("pick C", "Answer: C", "**Answer:** C", "I'd say C") and not opening
+    a title ("it is A Bug's Life"), so that an article or a pronoun is never
+    read as a label; failing those, a candidate's name quoted in the
     answer.  Only the first ``n_candidates`` labels count.
     """
     valid = {chr(ord("A") + i): i for i in range(n_candidates)}
