@@ -501,28 +501,122 @@ def test_batches_refuse_prompts_over_the_limit():
 
 
 def test_attribute_filling_completes_exactly_the_missing_values(rating):
-    """Rating prediction's augmentation: blanked item years and user occupations
-    come back as values the field takes elsewhere; nothing else changes."""
+    """Rating prediction's augmentation: blanked item years come back as values
+    the field takes elsewhere; nothing else changes (the shared fixture's
+    features are restored afterwards)."""
     from recbole_llm.model.llama4rec.attributes import fill_attributes, missing_attributes
 
     _, (train, _, _), model, _ = rating
     dataset = train.dataset
-    before_missing = {t: {f: set(r.tolist()) for f, r in missing_attributes(dataset, t).items()}
-                      for t in ("item", "user")}
     item_feat = dataset.item_feat
-    field = "release_year"
-    blank = [3, 7]
-    kept = item_feat[field].clone()
-    item_feat[field][blank] = 0
-    fills = fill_attributes(model, dataset)
-    filled = {(t, row, f) for t, row, f, _ in fills}
-    assert {("item", r, field) for r in blank} <= filled
-    expected = {("item", r, field) for r in blank} | {
-        (t, r, f) for t, fields in before_missing.items() for f, rows in fields.items() for r in rows}
-    assert filled == expected
-    observed = set(kept[kept > 0].tolist())
-    assert all(int(item_feat[field][r]) in observed for r in blank)
-    untouched = torch.ones(len(kept), dtype=torch.bool)
-    untouched[blank] = False
-    assert torch.equal(item_feat[field][untouched], kept[untouched])
-    item_feat[field][:] = kept
+    saved = {f: item_feat[f].clone() for f in item_feat.interaction}
+    before = {(r, f) for f, rows in missing_attributes(dataset, "item").items() for r in rows.tolist()}
+    field, blank = "release_year", [3, 7]
+    kept = saved[field]
+    try:
+        item_feat[field][blank] = 0
+        fills = fill_attributes(model, dataset)
+        assert {(t, row, f) for t, row, f, _ in fills} == \
+            {("item", r, field) for r in blank} | {("item", r, f) for r, f in before}
+        observed = set(kept[kept > 0].tolist())
+        assert all(int(item_feat[field][r]) in observed for r in blank)
+        untouched = torch.ones(len(kept), dtype=torch.bool)
+        untouched[blank] = False
+        untouched[[r for r, f in before if f == field]] = False
+        assert torch.equal(item_feat[field][untouched], kept[untouched])
+    finally:
+        for f, values in saved.items():
+            item_feat[f][:] = values
+
+
+def test_alpha_is_anchored_on_users_with_interactions():
+    """RecBole's padding user (0 interactions) must not set l_min: the least
+    active real user gets the full tail weight, capped at alpha2."""
+    alpha = long_tail_alpha(np.array([0, 18, 100, 735]), 0.9, 0.89)
+    assert alpha[1] == pytest.approx(0.89) and alpha[3] == 0.0 and alpha[0] == pytest.approx(0.89)
+
+
+def test_parse_choice_reads_capitalised_cues_and_no_title_article():
+    names = ["Heat", "Toy Story", "A Bug's Life"]
+    for text, want in [("Answer: C", 2), ("Option B", 1), ("**Answer:** B", 1), ("Choice: A", 0),
+                       ("I think it is A Bug's Life", 2), ("I pick B because", 1)]:
+        assert parse_choice(text, 3, names) == want, text
+
+
+def test_alpha_search_picks_the_best_validation_pair_and_saves_it(general, tmp_path):
+    """Every grid pair is evaluated once (the LLM's answers computed once), the
+    best kept, and the pair travels with the checkpoint."""
+    _, (_, valid, _), model, trainer = general
+    settings = model.settings
+    model.settings = dataclasses.replace(settings, alpha_grid=[0.1, 0.5, 0.9])
+    calls = []
+    rerank = model.llm_rerank.__func__
+
+    def counting(self, users, histories, scores):
+        calls.append(self._llm_memo is not None and len(self._llm_memo))
+        return rerank(self, users, histories, scores)
+
+    model.llm_rerank = counting.__get__(model)
+    try:
+        model.rerank = True
+        best = trainer.search_alpha(valid)
+    finally:
+        del model.llm_rerank
+        model.settings = settings
+    metric = trainer.config["valid_metric"].lower()
+    scores = []
+    for a1 in (0.1, 0.5, 0.9):
+        for a2 in (0.1, 0.5, 0.9):
+            model.set_alpha(a1, a2)
+            scores.append(trainer.evaluate(valid, load_best_model=False)[metric])
+    assert best[metric] == pytest.approx(max(scores))
+    pair = model.alpha_pair.tolist()
+    model.set_alpha(*pair)
+    assert trainer.evaluate(valid, load_best_model=False)[metric] == pytest.approx(max(scores))
+    assert len(calls) == 9 * (len(calls) // 9) and calls[0] == 0  # first pass fills the memo
+    path = str(tmp_path / "ckpt.pth")
+    trainer._save_checkpoint(0, verbose=False, saved_model_file=path)
+    from recbole_llm.trainer import load_checkpoint
+    assert load_checkpoint(path)["state_dict"]["alpha_pair"].tolist() == pair
+
+
+def test_samples_are_built_from_what_the_tuning_model_knows(sequential, tmp_path, monkeypatch):
+    """While samples are built: the tuning model serves, and every history the
+    base reads (a sequential user's encoding, the similar user's items) stops
+    before the user's held-out interactions."""
+    _, _, model, trainer = sequential
+    seen = {}
+    tuning = object.__new__(type(model.base))
+
+    class Seen(Exception):
+        pass
+
+    def capture(rng):
+        seen["base"] = model.base
+        seen["known"] = [len(h) for h in model.context_histories()]
+        raise Seen  # stop before tuning: what the samples would see is checked
+
+    monkeypatch.setattr(model, "instruction_samples", capture)
+    with pytest.raises(Seen):
+        trainer.instruction_tune(model.cache.key("t", p=str(tmp_path)), lambda: tuning)
+    held = model.settings.it_holdout_items
+    assert seen["base"] is tuning and model.base is not tuning and model.known_histories is None
+    assert seen["known"] == [max(len(h) - held, 0) for h in model.histories]
+
+
+def test_general_prompts_at_test_time_end_with_the_validation_item(general):
+    """Leave-one-out: the test item follows the validation item, which RecBole
+    masks at test time; the prompt's history ends with it."""
+    _, (_, _, test), model, trainer = general
+    model.eval_history, model._served = test.uid2history_item, {}
+    try:
+        for u in range(1, model.n_users):
+            history = model.histories[u]
+            if not len(history):
+                continue
+            served = model.served_history(u)
+            extra = set(test.uid2history_item[u].tolist()) - set(history.tolist())
+            assert served[:len(history)].tolist() == history.tolist()
+            assert set(served[len(history):].tolist()) == extra and len(extra) >= 1
+    finally:
+        model.eval_history, model._served = None, {}

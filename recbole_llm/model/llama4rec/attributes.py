@@ -1,7 +1,7 @@
 """Llama4Rec's data augmentation for rating prediction: attribute filling.
 
 A rating regressor (DeepFM, ...) reads user and item features; where a
-single-valued (token) feature is missing, the instruction-tuned LLM picks
+single-valued (token) item feature is missing, the instruction-tuned LLM picks
 its value among those the field takes elsewhere, by the mean log-probability
 of each value's text after ``"<name>. Its <field> is"``, and the regressor
 retrains on the completed features (the paper's D').  Multi-valued (token
@@ -32,11 +32,13 @@ def missing_attributes(dataset, table: str) -> dict:
 
 @torch.no_grad()
 def fill_attributes(model, dataset, batch_size: int = 64) -> list:
-    """Fill every missing token attribute of users and items in place (shared
-    by the split copies); returns ``(table, row, field, value)`` per fill."""
+    """Fill every missing token attribute of items in place (shared by the split
+    copies); returns ``(table, row, field, value)`` per fill.  One forward pass
+    per (missing value, candidate value): fields with thousands of values
+    (brands) cost as much."""
     s, tok = model.settings, model.tokenizer
     fills = []
-    for table in ("item", "user"):
+    for table in ("item",):  # the paper fills item attributes
         feat = dataset.user_feat if table == "user" else dataset.item_feat
         for field, rows in missing_attributes(dataset, table).items():
             values = np.unique(feat[field].numpy())

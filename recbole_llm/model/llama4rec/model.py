@@ -93,6 +93,21 @@ class Llama4Rec(LLMRecommender, AbstractRecommender):
             raise InputError(f"Llama4Rec re-ranks the base model's full ranking; eval_args mode "
                              f"{mode} (sampled candidates) would score the base model alone: "
                              "use mode: full")
+        from recbole.utils import InputType
+        if not 2 <= final.get("aug_candidates", 2) <= len(LABELS):
+            raise InputError(f"aug_candidates must lie in [2, {len(LABELS)}] (one label each), "
+                             f"got {final['aug_candidates']}")
+        base = final.get("base_model")
+        if final.get("data_augmentation") and base and final.get("MODEL_TYPE") != ModelType.CONTEXT:
+            base_class = registry.get_model_class(base)
+            pointwise = getattr(base_class, "input_type", None) == InputType.POINTWISE
+            if pointwise or (final.get("MODEL_TYPE") == ModelType.SEQUENTIAL
+                             and final.get("loss_type") == "BPR"):
+                raise InputError(f"data augmentation adds (u, i+, i-) triples for pairwise "
+                                 f"general bases and inserted items for sequential bases with "
+                                 f"cross-entropy loss; base_model {base}"
+                                 + (" is pointwise" if pointwise else " with loss_type BPR")
+                                 + ": set data_augmentation: False")
 
     def __init__(self, config, dataset):
         super().__init__()
@@ -136,6 +151,8 @@ class Llama4Rec(LLMRecommender, AbstractRecommender):
         self.augmented = None        # Interaction of D' \ D rows, set by augment()
         self.aug_stats = {}
         self._similar = None
+        self.known_histories = None  # set while instruction samples are built
+        self._served = {}            # uid -> history shown at evaluation (general bases)
 
     # --- data ------------------------------------------------------------
     def _histories(self, dataset):
@@ -211,10 +228,18 @@ class Llama4Rec(LLMRecommender, AbstractRecommender):
                     (seqs if seqs is not None else [self.histories[u] for u in users])]
         return self.wrapped.scores(users, seqs)
 
+    def context_histories(self) -> list:
+        """The histories the base model knows: training histories, or while
+        instruction samples are built, those less the held-out interactions
+        (a sequential base encodes a user from them; the similar user's items
+        shown come from them)."""
+        return self.histories if self.known_histories is None else self.known_histories
+
     def most_similar_users(self) -> np.ndarray:
         """Per user, the other user with the most similar (cosine) base representation."""
-        vectors = self.wrapped.user_vectors(self.histories, self.n_users)
-        return most_similar_users(vectors, np.array([len(h) > 0 for h in self.histories]))
+        histories = self.context_histories()
+        vectors = self.wrapped.user_vectors(histories, self.n_users)
+        return most_similar_users(vectors, np.array([len(h) > 0 for h in histories]))
 
     # --- prompt augmentation -----------------------------------------------
     def context(self):
@@ -234,7 +259,7 @@ class Llama4Rec(LLMRecommender, AbstractRecommender):
         if similar is None:
             return (), ()
         s = self.settings
-        return self.histories[similar[user]][-s.prompt_similar_items:], \
+        return self.context_histories()[similar[user]][-s.prompt_similar_items:], \
             list(base_order[:s.prompt_base_items])
 
     def ranking_prompt(self, task, user, history, candidates_in_base_order, shuffle_seed):
@@ -262,7 +287,7 @@ class Llama4Rec(LLMRecommender, AbstractRecommender):
             history = history[-s.prompt_history_items:]
             similar, base = (), None
             if self.context() is not None:
-                similar = self.histories[self.context()[u]][-s.prompt_similar_items:]
+                similar = self.context_histories()[self.context()[u]][-s.prompt_similar_items:]
                 base = pred
             prompts.append(self.writer.rating(history, self.rated(u, history), i, similar, (),
                                               base_rating=base))
@@ -360,6 +385,20 @@ class Llama4Rec(LLMRecommender, AbstractRecommender):
         out = alpha * llm + (1 - alpha) * base_pred
         return out.to(interaction[self.USER_ID].device)
 
+    def served_history(self, user: int) -> np.ndarray:
+        """A general base's user history at evaluation: the training items, then
+        the items RecBole masks besides them (for the test split the validation
+        item, which comes just before the test item under leave-one-out)."""
+        history = self.histories[user]
+        seen = None if self.eval_history is None else self.eval_history[user]
+        if seen is None or not len(seen):
+            return history
+        if user not in self._served:
+            known = set(history.tolist())
+            later = [int(i) for i in seen if int(i) not in known]
+            self._served[user] = np.concatenate([history, np.asarray(later, dtype=history.dtype)])
+        return self._served[user]
+
     @torch.no_grad()
     def llm_rerank(self, users, histories, scores) -> torch.Tensor:
         """Score rows whose top-N (base order) is re-ranked by aggregation."""
@@ -408,6 +447,6 @@ class Llama4Rec(LLMRecommender, AbstractRecommender):
             seq, lengths = interaction[self.ITEM_SEQ].cpu(), interaction[self.ITEM_SEQ_LEN].cpu()
             histories = [seq[r, :lengths[r]].numpy() for r in range(len(users))]
         else:
-            histories = [self.histories[u] for u in users]
+            histories = [self.served_history(u) for u in users]
         out = self.llm_rerank(users, histories, scores.float().cpu())
         return out.to(scores.device)

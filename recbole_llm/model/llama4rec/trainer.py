@@ -132,15 +132,18 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
         if cache.has_arrays(key):
             arrays = cache.load_arrays(key)
             model.load_llm_state({k: v for k, v in arrays.items() if k != "__loss"})
+            model.llm.eval()  # no LoRA dropout in what it answers next
             return {"loss": arrays["__loss"].tolist(), "cached": True}
         rng = np.random.default_rng(s.seed)
         tuning = tuning_model()
         served, model.base = model.base, tuning
+        held = s.it_holdout_items
+        model.known_histories = [h[:max(len(h) - held, 0)] for h in model.histories]
         model.forget_context()
         try:
             samples = model.instruction_samples(rng)
         finally:
-            model.base = served
+            model.base, model.known_histories = served, None
             model.forget_context()
         self.logger.info(f"instruction samples: {model.writer.report()}")
         ids = model.tokenizer([p for p, _ in samples])["input_ids"]
@@ -270,6 +273,7 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
         # the items RecBole will mask (history) must not take re-ranking slots
         self.model.eval_history = None if self.model.sequential else \
             getattr(eval_data, "uid2history_item", None)
+        self.model._served = {}
         self.model.forget_context()  # the base weights may just have been reloaded
         try:
             return super().evaluate(eval_data, load_best_model, model_file, show_progress)
