@@ -88,10 +88,13 @@ class ELCoRec(LLMRecommender, AbstractRecommender):
         self.timeline = dataset.timeline()
         self._check_min_history(dataset, s.min_history)
         self._build_retrieval(dataset)
-        self.expert, self.expert_report = pretrained_expert(
-            dataset, self.timeline, GATSettings.of(s), s.seed, self.cache, s.show_progress,
-            self.device)
-        self.gat_valid_auc = self.expert_report["valid_auc"]
+        if s.soft_prompt:
+            self.expert, self.expert_report = pretrained_expert(
+                dataset, self.timeline, GATSettings.of(s), s.seed, self.cache, s.show_progress,
+                self.device)
+            self.gat_valid_auc = self.expert_report["valid_auc"]
+        else:  # the ablation without the soft token trains no expert
+            self.expert, self.expert_report, self.gat_valid_auc = None, None, float("nan")
 
         texts = dataset.item_texts()
         corpus = [t for t in texts if t] + [s.elcorec_template, " yes no"] + \
@@ -112,7 +115,8 @@ class ELCoRec(LLMRecommender, AbstractRecommender):
     def train(self, mode: bool = True):
         """The frozen expert stays in evaluation mode."""
         super().train(mode)
-        self.expert.eval()
+        if self.expert is not None:
+            self.expert.eval()
         return self
 
     # --- data side ------------------------------------------------------
@@ -156,8 +160,9 @@ class ELCoRec(LLMRecommender, AbstractRecommender):
         rating = max(len(self._rating_tokens(r)) for r in [float("nan")] + list(np.arange(0, 10.5, 0.5)))
         shown = s.rap_k_similar + s.rap_k_recent
         item = s.item_text_max_tokens + rating
-        # similar and recent lists: items and the separators inside each list
-        lists = shown * item + max(shown - 2, 0) * len(self.sep_ids)
+        # similar and recent lists: items and the separators inside each list (one
+        # list without RAP)
+        lists = shown * item + max(shown - (2 if s.rap else 1), 0) * len(self.sep_ids)
         need = len(self.template.fill([], [], [], [], [])) + max(map(len, self.profiles)) + lists \
             + 1 + s.item_text_max_tokens
         if need > self.max_prompt:

@@ -31,7 +31,11 @@ def build_hetero_graph(dataset, time_buckets: int, rows=None):
     all_items = np.asarray(inter[dataset.iid_field]).astype(np.int64)
     # node sets (rating levels, time buckets) from every row: the same shapes with or
     # without ``rows``, so weights trained on a part load into the whole
-    all_ratings = np.array([dataset.rating_of(u, i) for u, i in zip(all_users, all_items)])
+    # each interaction's own rating (a pair rated again later must not show it)
+    times = np.asarray(inter[dataset.time_field]) if dataset.time_field and \
+        dataset.time_field in inter else [None] * len(all_users)
+    all_ratings = np.array([dataset.rating_of(u, i, t)
+                            for u, i, t in zip(all_users, all_items, times)])
     keep = slice(None) if rows is None else np.asarray(rows)
     users, items, ratings = all_users[keep], all_items[keep], all_ratings[keep]
     data = HeteroData()
