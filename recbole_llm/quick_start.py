@@ -47,7 +47,7 @@ def check_paths(config) -> None:
         value = _optional(config, key)
         if value and not os.path.isfile(value):
             raise InputError(f"{key} '{value}' is not a file")
-    path = config["text_encoder_path"]
+    path = None if _optional(config, "item_embedding_field") else config["text_encoder_path"]
     if path and not os.path.isdir(path):
         raise InputError(f"text_encoder_path '{path}' is not a folder; it must name a local "
                          "sentence-transformers or Hugging Face encoder folder")

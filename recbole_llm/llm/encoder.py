@@ -63,6 +63,27 @@ class TextEncoder:
         return result
 
 
+def preloaded_item_embeddings(dataset, field: str) -> np.ndarray:
+    """The preload_weight matrix of ``field`` (rows by item id, row 0 padding);
+    an item without a vector is an error naming the file."""
+    try:
+        weight = np.asarray(dataset.get_preload_weight(field), dtype=np.float32)
+    except ValueError:
+        raise ValueError(f"item_embedding_field '{field}' is not preloaded: set preload_weight: "
+                         f"{{{field}: <vector field>}}, alias_of_item_id: [{field}] and "
+                         "additional_feat_suffix / load_col for the embedding file") from None
+    if weight.ndim != 2 or len(weight) != dataset.item_num:
+        raise ValueError(f"preloaded '{field}' vectors have shape {weight.shape}, expected "
+                         f"({dataset.item_num}, dim)")
+    missing = np.flatnonzero(~np.any(weight[1:] != 0, axis=1)) + 1
+    if len(missing):
+        raise ValueError(f"{len(missing)} of {dataset.item_num - 1} items have no vector in the "
+                         f"embedding file of '{field}' (e.g. item "
+                         f"{dataset.id2token(dataset.iid_field, int(missing[0]))}): write it "
+                         "again for this dataset (python -m recbole_llm.item_embeddings)")
+    return weight
+
+
 def text_embedding_key(cache: Cache, texts, encoder_path: str) -> str:
     """The texts, the encoder folder's content and the token limit: all that
     shapes the embeddings."""
@@ -72,7 +93,11 @@ def text_embedding_key(cache: Cache, texts, encoder_path: str) -> str:
 
 
 def item_text_embeddings(dataset, config, cache: Cache = None) -> np.ndarray:
-    """``[n_items, dim]`` embeddings of ``dataset.item_texts()`` (row 0 zeros), cached."""
+    """``[n_items, dim]`` embeddings of ``dataset.item_texts()`` (row 0 zeros), cached;
+    or, with ``item_embedding_field``, the vectors of the item embedding file
+    RecBole preloaded for that id field (any encoder or embedding API)."""
+    if config["item_embedding_field"]:
+        return preloaded_item_embeddings(dataset, config["item_embedding_field"])
     cache = cache or Cache.from_config(config)
     texts = dataset.item_texts()
     path = config["text_encoder_path"] or default_encoder_path()

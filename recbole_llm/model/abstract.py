@@ -66,6 +66,7 @@ class LLMSettings:
     lora_target_modules: Optional[list]
     llm_max_prompt_tokens: int
     item_text_fields: list
+    item_embedding_field: Optional[str]
     item_text_keyed: bool
     show_progress: bool
 
