@@ -16,7 +16,9 @@ from test_llama4rec import TINY
 MODELS = {
     "EAGERLLM": ("beauty-tiny", TINY_EAGER, "ndcg@10"),
     "Llama4Rec": ("ml-tiny", dict(TINY, base_model="BPR"), "ndcg@5"),
-    "ELCoRec": ("ml-tiny", TINY_CTR, "auc"),
+    # short prompts: the pipeline, not the prompt length, is under test here
+    "ELCoRec": ("ml-tiny", dict(TINY_CTR, rap_k_similar=2, rap_k_recent=2, item_text_max_tokens=6,
+                                llm_max_prompt_tokens=256), "auc"),
 }
 
 
