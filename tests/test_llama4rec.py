@@ -510,7 +510,7 @@ def test_attribute_filling_completes_exactly_the_missing_values(rating):
     dataset = train.dataset
     item_feat = dataset.item_feat
     saved = {f: item_feat[f].clone() for f in item_feat.interaction}
-    before = {(r, f) for f, rows in missing_attributes(dataset, "item").items() for r in rows.tolist()}
+    before = {(r, f) for f, rows in missing_attributes(dataset).items() for r in rows.tolist()}
     field, blank = "release_year", [3, 7]
     kept = saved[field]
     try:
@@ -608,7 +608,7 @@ def test_general_prompts_at_test_time_end_with_the_validation_item(general):
     """Leave-one-out: the test item follows the validation item, which RecBole
     masks at test time; the prompt's history ends with it."""
     _, (_, _, test), model, trainer = general
-    model.eval_history, model._served = test.uid2history_item, {}
+    model.set_eval_history(test.uid2history_item)
     try:
         for u in range(1, model.n_users):
             history = model.histories[u]
@@ -619,4 +619,4 @@ def test_general_prompts_at_test_time_end_with_the_validation_item(general):
             assert served[:len(history)].tolist() == history.tolist()
             assert set(served[len(history):].tolist()) == extra and len(extra) >= 1
     finally:
-        model.eval_history, model._served = None, {}
+        model.set_eval_history(None)

@@ -14,15 +14,14 @@ from recbole.utils import FeatureType
 from recbole_llm.llm.prompts import answer_logprob
 
 
-def missing_attributes(dataset, table: str) -> dict:
-    """``{field: ids of rows with no value}`` of the user or item table's token fields."""
-    feat = dataset.user_feat if table == "user" else dataset.item_feat
-    id_field = dataset.uid_field if table == "user" else dataset.iid_field
+def missing_attributes(dataset) -> dict:
+    """``{field: ids of items with no value}`` of the item table's token fields."""
+    feat = dataset.item_feat
     if feat is None:
         return {}
     out = {}
     for field in feat.interaction:
-        if field == id_field or dataset.field2type.get(field) != FeatureType.TOKEN:
+        if field == dataset.iid_field or dataset.field2type.get(field) != FeatureType.TOKEN:
             continue
         rows = np.flatnonzero(feat[field].numpy()[1:] == 0) + 1  # 0: padding / missing
         if len(rows):
@@ -33,34 +32,28 @@ def missing_attributes(dataset, table: str) -> dict:
 @torch.no_grad()
 def fill_attributes(model, dataset, batch_size: int = 64) -> list:
     """Fill every missing token attribute of items in place (shared by the split
-    copies); returns ``(table, row, field, value)`` per fill.  One forward pass
-    per (missing value, candidate value): fields with thousands of values
-    (brands) cost as much."""
-    s, tok = model.settings, model.tokenizer
+    copies; the paper fills item attributes); returns ``("item", row, field,
+    value)`` per fill.  One forward pass per (missing value, candidate value):
+    fields with thousands of values (brands) cost as much."""
+    s, tok, feat = model.settings, model.tokenizer, dataset.item_feat
     fills = []
-    for table in ("item",):  # the paper fills item attributes
-        feat = dataset.user_feat if table == "user" else dataset.item_feat
-        for field, rows in missing_attributes(dataset, table).items():
-            values = np.unique(feat[field].numpy())
-            values = values[values > 0]
-            if not len(values):
-                continue
-            texts = [str(dataset.id2token(field, int(v))) for v in values]
-            answers = tok(texts, add_special_tokens=False)["input_ids"]
-            label = field.replace("_", " ")
-            for row in rows.tolist():
-                if table == "item":
-                    subject = model.writer.names[row]
-                else:
-                    subject = f"user {dataset.id2token(dataset.uid_field, row)}"
-                prompt = tok(f"{subject}. Its {label} is", add_special_tokens=False)["input_ids"]
-                scores = []
-                for start in range(0, len(answers), batch_size):
-                    chunk = answers[start:start + batch_size]
-                    logp = answer_logprob(model.llm, [prompt] * len(chunk), chunk,
-                                          model.pad_id, s.llm_max_prompt_tokens)
-                    scores.append(logp.cpu() / torch.as_tensor([len(a) for a in chunk]))
-                best = int(values[int(torch.cat(scores).argmax())])
-                feat[field][row] = best
-                fills.append((table, row, field, str(dataset.id2token(field, best))))
+    for field, rows in missing_attributes(dataset).items():
+        values = np.unique(feat[field].numpy())
+        values = values[values > 0]
+        if not len(values):
+            continue
+        answers = tok([str(dataset.id2token(field, int(v))) for v in values],
+                      add_special_tokens=False)["input_ids"]
+        lengths = torch.as_tensor([len(a) for a in answers], dtype=torch.float32)
+        label = field.replace("_", " ")
+        for row in rows.tolist():
+            prompt = tok(f"{model.writer.names[row]}. Its {label} is",
+                         add_special_tokens=False)["input_ids"]
+            scores = torch.cat([answer_logprob(model.llm, [prompt] * len(chunk), chunk,
+                                               model.pad_id, s.llm_max_prompt_tokens).cpu()
+                                for chunk in (answers[i:i + batch_size]
+                                              for i in range(0, len(answers), batch_size))])
+            best = int(values[int((scores / lengths).argmax())])
+            feat[field][row] = best
+            fills.append(("item", row, field, str(dataset.id2token(field, best))))
     return fills

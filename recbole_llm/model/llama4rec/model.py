@@ -374,8 +374,9 @@ class Llama4Rec(LLMRecommender, AbstractRecommender):
             return base_pred.to(interaction[self.USER_ID].device)
         alpha = self.alpha[interaction[self.USER_ID]].cpu()
         memo = self._llm_memo
-        keys = list(zip(interaction[self.USER_ID].tolist(), interaction[self.ITEM_ID].tolist(),
-                        base_pred.tolist()))
+        keys = [] if memo is None else list(zip(interaction[self.USER_ID].tolist(),
+                                                interaction[self.ITEM_ID].tolist(),
+                                                base_pred.tolist()))
         if memo is not None and all(k in memo for k in keys):
             llm = torch.stack([memo[k] for k in keys])
         else:
@@ -384,6 +385,11 @@ class Llama4Rec(LLMRecommender, AbstractRecommender):
                 memo.update(zip(keys, llm))
         out = alpha * llm + (1 - alpha) * base_pred
         return out.to(interaction[self.USER_ID].device)
+
+    def set_eval_history(self, history) -> None:
+        """The items RecBole masks in the coming evaluation (uid -> items; None:
+        sequential bases, or no evaluation); the served histories follow it."""
+        self.eval_history, self._served = history, {}
 
     def served_history(self, user: int) -> np.ndarray:
         """A general base's user history at evaluation: the training items, then
@@ -412,8 +418,9 @@ class Llama4Rec(LLMRecommender, AbstractRecommender):
                     masked[row, torch.as_tensor(list(seen), dtype=torch.long)] = float("-inf")
         top = masked.topk(self.topn, dim=1).indices
         memo = self._llm_memo
-        keys = [(u, tuple(np.asarray(histories[row][-s.prompt_history_items:]).tolist()),
-                 tuple(top[row].tolist())) for row, u in enumerate(users)]
+        keys = [] if memo is None else [
+            (u, tuple(np.asarray(histories[row][-s.prompt_history_items:]).tolist()),
+             tuple(top[row].tolist())) for row, u in enumerate(users)]
         if memo is not None and all(k in memo for k in keys):
             llm_scores = torch.stack([memo[k] for k in keys])
         else:

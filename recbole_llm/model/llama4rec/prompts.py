@@ -74,7 +74,8 @@ class PromptWriter:
     keep their most recent items that fit their budget (the newest always
     fits), the base items their best ones; candidates are never dropped.
     The budgets add up to at most ``llm_max_prompt_tokens`` (checked when the
-    tokenizer is bound, before any long work), so no prompt is ever cut;
+    tokenizer is bound, before any long work), so no prompt needs cutting (and
+    the batches that tokenise it refuse one that would);
     how many sections showed fewer items than asked is counted in ``shortened``.
     """
 
@@ -96,6 +97,7 @@ class PromptWriter:
         self.topn = config["rerank_topn"]
         self.tokenizer = None
         self.shortened = {"history": 0, "similar": 0, "base": 0}
+        self._entry_counts = {}
         self.built = 0
 
     # --- token counts ----------------------------------------------------------
@@ -108,6 +110,7 @@ class PromptWriter:
         """Cut item names to ``item_name_max_tokens`` tokens and check that every
         prompt fits ``llm_max_prompt_tokens`` (``ValueError`` naming the settings)."""
         self.tokenizer = tokenizer
+        self._sep = self.count("; ")
         ids = tokenizer(self.full_names, add_special_tokens=False)["input_ids"]
         self.names = [name if len(i) <= self.name_tokens else
                       tokenizer.decode(i[:self.name_tokens]).strip()
@@ -150,29 +153,36 @@ class PromptWriter:
             name += f" ({rating:g} stars)"
         return name
 
+    def _entry_tokens(self, entry: str) -> int:
+        """Token count of one entry (a name, maybe with its rating), remembered:
+        histories repeat the same entries across every prompt."""
+        n = self._entry_counts.get(entry)
+        if n is None:
+            n = self._entry_counts[entry] = self.count(entry)
+        return n
+
     def fit_items(self, section: str, items, ratings=None, newest_last: bool = True) -> str:
         """The items joined by ``; ``: as many as fit the section's budget, the
-        most recent kept (``newest_last``) or the first ones."""
+        most recent kept (``newest_last``) or the first ones.  The remembered
+        entry counts pick how many; one exact count of the joined text confirms."""
         entries = [self._entry(i, None if ratings is None else ratings[n])
                    for n, i in enumerate(items)]
-        budget = self.budget[section]
-        keep = len(entries)
+        budget, sep = self.budget[section], self._sep
+        keep, used = 0, -sep
+        for entry in (reversed(entries) if newest_last else entries):
+            used += self._entry_tokens(entry) + sep
+            if used > budget:
+                break
+            keep += 1
+        text = ""
         while keep:
-            shown = entries[len(entries) - keep:] if newest_last else entries[:keep]
-            text = "; ".join(shown)
+            text = "; ".join(entries[len(entries) - keep:] if newest_last else entries[:keep])
             if self.count(text) <= budget:
                 break
-            keep -= 1
-        else:
-            text = ""
+            keep, text = keep - 1, ""
         if keep < len(entries) and section in self.shortened:
             self.shortened[section] += 1
         return text
-
-    def items(self, items, ratings=None) -> str:
-        """Items as prompt text (no budget: for logs and tests)."""
-        return "; ".join(self._entry(i, None if ratings is None else ratings[n])
-                         for n, i in enumerate(items))
 
     def _augmentation(self, similar, base_top) -> dict:
         """Prompt augmentation slots; empty text when a part is switched off."""
@@ -181,12 +191,10 @@ class PromptWriter:
         return {"similar": self.similar_text.format(items=similar_items) if similar_items else "",
                 "base": self.base_text.format(items=base_items) if base_items else ""}
 
-    def _check(self, prompt: str) -> str:
+    def _built(self, prompt: str) -> str:
+        """Counted for :meth:`report`; its length is checked where it is tokenised
+        (``inference_batch`` / ``training_batch`` refuse an over-long prompt)."""
         self.built += 1
-        n = len(self.tokenizer(prompt)["input_ids"])
-        if n > self.max_prompt:  # the budgets above make this unreachable
-            raise ValueError(f"a prompt of {n} tokens exceeds llm_max_prompt_tokens="
-                             f"{self.max_prompt}: {prompt[:200]!r}...")
         return prompt
 
     def ranking(self, task, history, ratings, candidates, similar=(), base_top=()) -> str:
@@ -194,7 +202,7 @@ class PromptWriter:
         if self.count(listed) > self.budget["candidates"]:
             raise ValueError(f"{len(candidates)} candidates take {self.count(listed)} tokens, "
                              f"over prompt_candidate_tokens={self.budget['candidates']}")
-        return self._check(self.templates[task].format(
+        return self._built(self.templates[task].format(
             history=self.fit_items("history", history, ratings), candidates=listed,
             **self._augmentation(similar, base_top)))
 
@@ -204,7 +212,7 @@ class PromptWriter:
         slots = self._augmentation(similar, base_top)
         if base_rating is not None:
             slots["base"] = self.base_rating_text.format(rating=f"{base_rating:.1f}")
-        return self._check(self.templates["rating"].format(
+        return self._built(self.templates["rating"].format(
             history=self.fit_items("history", history, ratings),
             target=self.names[int(target)], **slots))
 

@@ -271,11 +271,10 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         # the items RecBole will mask (history) must not take re-ranking slots
-        self.model.eval_history = None if self.model.sequential else \
-            getattr(eval_data, "uid2history_item", None)
-        self.model._served = {}
+        self.model.set_eval_history(None if self.model.sequential else
+                                    getattr(eval_data, "uid2history_item", None))
         self.model.forget_context()  # the base weights may just have been reloaded
         try:
             return super().evaluate(eval_data, load_best_model, model_file, show_progress)
         finally:
-            self.model.eval_history = None
+            self.model.set_eval_history(None)
