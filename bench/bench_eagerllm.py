@@ -12,7 +12,7 @@ bench/results/eagerllm_beauty.md.
 """
 import os
 
-from runner import main, run_row
+from runner import FIRST_SEED, cell, main, run_row, seeded
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results", "eagerllm_beauty")
@@ -50,12 +50,13 @@ ROWS = {
     "unit_dropout": dict(EAGER, epochs=10, stopping_step=2),
 }
 
-def row(name, force=False):
-    settings = dict(COMMON, **ROWS[name])
+def row(name, force=False, seed=FIRST_SEED):
+    settings = dict(COMMON, **ROWS[name], seed=seed)
     if settings["model"] == "EAGERLLM":
         # behaviour embeddings: the item table of the SASRec baseline trained on the same split
-        settings["behavior_checkpoint"] = row("sasrec")["checkpoint"]
-    return run_row(name, settings, OUT, force)
+        # (and seed)
+        settings["behavior_checkpoint"] = row("sasrec", seed=seed)["checkpoint"]
+    return run_row(seeded(name, seed), settings, OUT, force)
 
 
 def table(results):
@@ -67,7 +68,7 @@ def table(results):
         t = r["test"]
         ratio = t["ndcg@10"] / base["test"]["ndcg@10"] if base else float("nan")
         per_k = 1000 * r["eval_s"] / r.get("test_rows", r.get("test_users"))  # one row per user
-        lines.append(f"| {name} | " + " | ".join(f"{t[c]:.4f}" for c in cols) +
+        lines.append(f"| {name} | " + " | ".join(cell(r, c) for c in cols) +
                      f" | {ratio:.2f}x | {per_k:.1f} | {r['fit_s'] / 60:.1f} | "
                      f"{r['settings'].get('cpu_threads', 1)} |")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ LLM's re-ranking.  Results per row in bench/results/llama4rec_ml100k/<row>.json
 """
 import os
 
-from runner import main, run_row
+from runner import FIRST_SEED, cell, main, run_row, seeded
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results", "llama4rec_ml100k")
@@ -23,7 +23,7 @@ COMMON = {"dataset": "ml-100k", "seed": 2020, "show_progress": False,
           "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user",
                         "mode": "full"},
           "metrics": ["Hit", "NDCG", "Recall"], "topk": [3, 5, 10], "valid_metric": "NDCG@5",
-          "_head_share": 0.2}
+          "_head_share": 0.2, "cpu_threads": 2}
 BASES = {
     "bpr": {"model": "BPR"},
     "lightgcn": {"model": "LightGCN"},
@@ -59,17 +59,17 @@ ROWS["deepfm_rating_fixed_alpha"] = ("deepfm_rating", {"adaptive_alpha": False})
 def make_row(rows: dict, common_for, out: str):
     """Row runner: a dict spec is a plain RecBole run; ``(base, extra)`` is
     Llama4Rec on the base row's model, starting from that row's checkpoint."""
-    def row(name, force=False):
+    def row(name, force=False, seed=FIRST_SEED):
         spec = rows[name]
         if isinstance(spec, dict):
-            return run_row(name, dict(common_for(name), **spec), out, force)
+            return run_row(seeded(name, seed), dict(common_for(name), **spec, seed=seed), out, force)
         base, extra = spec
         base_settings = dict(rows[base])
         base_model = base_settings.pop("model")
         settings = dict(common_for(name), **base_settings, model="Llama4Rec",
-                        base_model=base_model, **extra)
-        settings["base_checkpoint"] = row(base)["checkpoint"]
-        return run_row(name, settings, out, force)
+                        base_model=base_model, **extra, seed=seed)
+        settings["base_checkpoint"] = row(base, seed=seed)["checkpoint"]  # same seed's base
+        return run_row(seeded(name, seed), settings, out, force)
     return row
 
 
@@ -83,7 +83,7 @@ def table(results):
     if rating:
         text += ("\n\nRating prediction, random 8:1:1 split, RMSE / MAE in stars:\n\n"
                  "| row | RMSE | MAE | fit (min) | eval s |\n|---|---|---|---|---|\n")
-        text += "\n".join(f"| {k} | {r['test']['rmse']:.4f} | {r['test']['mae']:.4f} | "
+        text += "\n".join(f"| {k} | {cell(r, 'rmse')} | {cell(r, 'mae')} | "
                            f"{r['fit_s'] / 60:.1f} | {r['eval_s']:.0f} |" for k, r in rating.items())
     return text
 
@@ -97,13 +97,13 @@ def ranking_table(results):
         base = results.get(name.split("_")[0])
         ratio = t["ndcg@5"] / base["test"]["ndcg@5"] if base else float("nan")
         grp = [g.get(s, {}).get(m, float("nan")) for s in ("tail", "head") for m in ("hit@5", "ndcg@5")]
-        lines.append(f"| {name} | " + " | ".join(f"{t[c]:.4f}" for c in cols) + f" | {ratio:.2f}x | "
+        lines.append(f"| {name} | " + " | ".join(cell(r, c) for c in cols) + f" | {ratio:.2f}x | "
                      + " | ".join(f"{v:.4f}" for v in grp)
                      + f" | {r['fit_s'] / 60:.1f} | {r['eval_s']:.0f} |")
     return "\n".join(lines)
 
 
-HEADER = ("ml-100k, leave-one-out by time, full ranking over all items, seed 2020, 1 CPU thread, "
+HEADER = ("ml-100k, leave-one-out by time, full ranking over all items, seeds as listed (n), 2 CPU threads (one row at a time), "
           "RecBole's evaluator; Llama4Rec with its yaml defaults (small random-init backbone "
           "128 x 2, 2,000 instructions per task, 500 augmented users, top-10 re-ranked). "
           "Head = the 20% most active users in training.")

@@ -118,26 +118,67 @@ def run_row(name: str, settings: dict, out_dir: str, force: bool = False) -> dic
     return result
 
 
+FIRST_SEED = 2020  # the seed of every bench's COMMON settings: its rows keep their plain names
+
+
+def seeded(name: str, seed: int) -> str:
+    """File name of a row run with ``seed`` (``unit``, ``unit.seed2021``, ...)."""
+    return name if seed == FIRST_SEED else f"{name}.seed{seed}"
+
+
 def finished_rows(names, out_dir) -> dict:
+    """Each finished row, its seeds merged: metrics, fit and eval times are the
+    mean over the seeds found; ``test_std`` holds the (population) standard
+    deviation and ``seeds`` the seeds, so tables show mean and spread."""
+    import glob
+    import statistics
+
     done = {}
     for name in names:
-        path = os.path.join(out_dir, f"{name}.json")
-        if os.path.isfile(path):
+        runs = []
+        plain = os.path.join(out_dir, f"{name}.json")
+        for path in ([plain] if os.path.isfile(plain) else []) + sorted(glob.glob(os.path.join(out_dir, f"{name}.seed*.json"))):
             with open(path) as f:
-                done[name] = json.load(f)
+                runs.append(json.load(f))
+        if not runs:
+            continue
+        merged = dict(runs[0])
+        merged["seeds"] = [r["settings"].get("seed", FIRST_SEED) for r in runs]
+        if len(runs) > 1:
+            keys = runs[0]["test"]
+            merged["test"] = {k: statistics.fmean(r["test"][k] for r in runs) for k in keys}
+            merged["test_std"] = {k: statistics.pstdev(r["test"][k] for r in runs) for k in keys}
+            if all(r.get("groups") for r in runs):  # head / tail users: mean over seeds
+                merged["groups"] = {g: {m: statistics.fmean(r["groups"][g][m] for r in runs) for m in ms}
+                                    for g, ms in runs[0]["groups"].items()}
+            for key in ("fit_s", "eval_s"):
+                merged[key] = statistics.fmean(r[key] for r in runs)
+            merged["runs"] = runs
+        done[name] = merged
     return done
 
 
+def cell(result: dict, metric: str) -> str:
+    """``mean ± std (n)`` over seeds, or the single value."""
+    value = f"{result['test'][metric]:.4f}"
+    if "test_std" in result:
+        value += f" ± {result['test_std'][metric]:.4f} ({len(result['seeds'])})"
+    return value
+
+
 def main(rows: dict, run, out_dir: str, table, header: str, md_path: str):
-    """``--rows`` / ``--force`` command line: run rows, print and write the table."""
+    """``--rows`` / ``--seeds`` / ``--force`` command line: run rows (each once
+    per seed), print and write the table."""
     import argparse
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", nargs="+", default=list(rows), choices=list(rows))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[FIRST_SEED])
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args()
     for name in args.rows:
-        run(name, args.force)
+        for seed in args.seeds:
+            run(name, args.force, seed)
     text = header + "\n\n" + table(finished_rows(rows, out_dir)) + "\n"
     print(text)
     with open(md_path, "w") as f:
