@@ -25,7 +25,8 @@ def write_item_embeddings(config, out: str = None) -> tuple:
     from recbole_llm.llm.encoder import item_text_embeddings
 
     dataset = TextDataset(config)
-    emb = item_text_embeddings(dataset, dict(config.final_config_dict, item_embedding_field=None))
+    emb = item_text_embeddings(dataset, dict(config.final_config_dict, item_embedding_field=None),
+                               device=config["device"])
     out = out or os.path.join(config["data_path"], f"{config['dataset']}.{SUFFIX}")
     tmp = f"{out}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:

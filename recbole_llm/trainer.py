@@ -36,11 +36,13 @@ def _plain(value):
     return str(value)
 
 
-def load_checkpoint(path, device="cpu"):
-    """Load a plugin checkpoint; refuses anything that needs unpickling code."""
+def load_checkpoint(path, device=None):
+    """Load a plugin checkpoint (onto ``device``, by default host memory, from
+    where a model's ``load_state_dict`` copies it onto its own); refuses
+    anything that needs unpickling code."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=device, weights_only=True)
+    return torch.load(path, map_location=device or torch.device("cpu"), weights_only=True)
 
 
 _CHECKED = {}  # the last checked resume checkpoint, so the trainer does not read it twice
@@ -85,7 +87,7 @@ def rng_state(loader=None) -> dict:
                        int(np_state[2]), int(np_state[3]), float(np_state[4])],
              "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["gpu"] = torch.cuda.get_rng_state_all()
     generator = getattr(loader, "generator", None)
     if isinstance(generator, torch.Generator):
         state["loader"] = generator.get_state()
@@ -105,8 +107,8 @@ def set_rng_state(state: dict, loader=None) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "gpu" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["gpu"])
     generator = getattr(loader, "generator", None)
     if "loader" in state and isinstance(generator, torch.Generator):
         generator.set_state(state["loader"])

@@ -257,7 +257,7 @@ def test_gat_pretraining_learns_a_synthetic_taste(tmp_path, mode):
     fit, held = held_out_split(rows, s.gat_valid_share)
     assert rows.times[fit].max() <= rows.times[held].min()        # the latest rows held out
     torch.manual_seed(0)
-    expert = build_expert(train, dataset.timeline(), s, held_out=held)
+    expert = build_expert(train, dataset.timeline(), s, "cpu", held_out=held)
     if mode == "user":  # the held-out rows are no edges of the training graph
         edges = expert.graph["user", "interacts", "item"].edge_index
         assert edges.shape[1] == len(fit)
@@ -272,8 +272,8 @@ def test_pretrained_expert_is_cached_with_its_report(tmp_path, mode):
     train = dataset.build()[0]
     s = dataclasses.replace(GAT, gat_epochs=3, gat_mode=mode)
     cache = Cache(str(tmp_path / "cache"))
-    first, report = pretrained_expert(train, dataset.timeline(), s, 1, cache)
-    second, again = pretrained_expert(train, dataset.timeline(), s, 1, cache)
+    first, report = pretrained_expert(train, dataset.timeline(), s, 1, cache, False, "cpu")
+    second, again = pretrained_expert(train, dataset.timeline(), s, 1, cache, False, "cpu")
     assert report == again and report["epochs"] == 3
     assert all(torch.equal(v, second.state_dict()[k]) for k, v in first.state_dict().items())
     assert not any(p.requires_grad for p in second.parameters())

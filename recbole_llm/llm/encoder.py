@@ -28,7 +28,7 @@ def default_encoder_path() -> str:
 
 
 class TextEncoder:
-    def __init__(self, path: str = None, max_length: int = MAX_LENGTH, device: str = "cpu"):
+    def __init__(self, path: str = None, max_length: int = MAX_LENGTH, device=None):
         from transformers import AutoModel, AutoTokenizer
 
         self.path = path or default_encoder_path()
@@ -36,8 +36,10 @@ class TextEncoder:
             raise FileNotFoundError(f"text_encoder_path '{self.path}' is not a folder")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(self.path, local_files_only=True).to(device).eval()
-        self.max_length, self.device = max_length, device
+        self.model = AutoModel.from_pretrained(self.path, local_files_only=True).eval()
+        if device is not None:  # the model's config["device"]; the encoder's outputs are cached
+            self.model.to(device)
+        self.max_length, self.device = max_length, self.model.device
 
     @property
     def dim(self) -> int:
@@ -92,10 +94,11 @@ def text_embedding_key(cache: Cache, texts, encoder_path: str) -> str:
                      max_length=MAX_LENGTH)
 
 
-def item_text_embeddings(dataset, config, cache: Cache = None) -> np.ndarray:
+def item_text_embeddings(dataset, config, cache: Cache = None, device=None) -> np.ndarray:
     """``[n_items, dim]`` embeddings of ``dataset.item_texts()`` (row 0 zeros), cached;
     or, with ``item_embedding_field``, the vectors of the item embedding file
-    RecBole preloaded for that id field (any encoder or embedding API)."""
+    RecBole preloaded for that id field (any encoder or embedding API).
+    ``device``: where the encoder runs (the model's ``config["device"]``)."""
     if config["item_embedding_field"]:
         return preloaded_item_embeddings(dataset, config["item_embedding_field"])
     cache = cache or Cache.from_config(config)
@@ -104,7 +107,7 @@ def item_text_embeddings(dataset, config, cache: Cache = None) -> np.ndarray:
     key = text_embedding_key(cache, texts, path)
 
     def compute():
-        encoder = TextEncoder(path, max_length=MAX_LENGTH)
+        encoder = TextEncoder(path, max_length=MAX_LENGTH, device=device)
         emb = encoder.encode(texts[1:], batch_size=config["text_encoder_batch_size"],
                              show_progress=config["show_progress"])
         return {"emb": np.vstack([np.zeros((1, emb.shape[1]), np.float32), emb])}

@@ -66,7 +66,7 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
         self.beam_batch_size = s.beam_batch_size
 
         # --- exogenous knowledge: semantic (text) and behavioural embeddings
-        sem = item_text_embeddings(dataset, s, cache)
+        sem = item_text_embeddings(dataset, s, cache, self.device)
         if s.behavior_checkpoint:
             beh = checkpoint_item_embeddings(s.behavior_checkpoint, dataset.item_num)
         else:  # RecBole's own model and trainer, which read the RecBole config

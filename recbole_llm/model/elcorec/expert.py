@@ -117,7 +117,7 @@ def pretrain(expert, train: Rows, held: Rows, s: GATSettings, seed: int,
     return report
 
 
-def build_expert(dataset, timeline, s: GATSettings, held_out=None, device="cpu"):
+def build_expert(dataset, timeline, s: GATSettings, device, held_out=None):
     """An untrained expert of ``s.gat_mode`` on the training split ``dataset``;
     for ``user``, its graph leaves out the rows at indices ``held_out``."""
     if s.gat_mode == "user":
@@ -139,14 +139,14 @@ def expert_key(cache, s: GATSettings, seed: int, dataset) -> str:
 
 
 def pretrained_expert(dataset, timeline, s: GATSettings, seed: int, cache,
-                      show_progress: bool = False, device="cpu"):
+                      show_progress: bool, device):
     """``(frozen expert, report)``: trained once per key (on ``device``), then
     read from the cache."""
     def compute():
         torch.manual_seed(seed)
         rows = Rows.of(dataset)
         train, held = held_out_split(rows, s.gat_valid_share)
-        expert = build_expert(dataset, timeline, s, held_out=held, device=device)
+        expert = build_expert(dataset, timeline, s, device, held_out=held)
         report = pretrain(expert, rows.take(train), rows.take(held), s, seed, show_progress)
         if s.gat_mode == "user":  # tokens from the graph of every training row
             expert.freeze(build_hetero_graph(dataset, s.gat_time_buckets)[0].to(device))
@@ -156,7 +156,7 @@ def pretrained_expert(dataset, timeline, s: GATSettings, seed: int, cache,
     # the random state after this is the same whether the expert was trained or read
     with torch.random.fork_rng(devices=[]):
         arrays = cache.get_or_compute_arrays(expert_key(cache, s, seed, dataset), compute)
-        expert = build_expert(dataset, timeline, s, device=device)
+        expert = build_expert(dataset, timeline, s, device)
     expert.load_state_dict({k[len("state."):]: torch.as_tensor(v)
                             for k, v in arrays.items() if k.startswith("state.")})
     expert.eval()

@@ -123,7 +123,7 @@ class ELCoRec(LLMRecommender, AbstractRecommender):
     def _build_retrieval(self, dataset):
         import faiss
 
-        emb = item_text_embeddings(dataset, self.settings, self.cache).astype(np.float32)
+        emb = item_text_embeddings(dataset, self.settings, self.cache, self.device).astype(np.float32)
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         emb = emb / np.maximum(norms, 1e-12)
         self.text_index = faiss.IndexFlatIP(emb.shape[1])

@@ -1,0 +1,108 @@
+"""Tensors follow ``config["device"]``: no code of the plugin names a device.
+
+A user on a GPU sets ``use_gpu`` (RecBole's ``config["device"]``); a tensor
+made on a device written into the code lands on the CPU (slow, or a device
+mismatch) or on a GPU the user did not pick.  Two checks on the CPU: while
+each LLM model runs its tiny pipeline, every torch call made from the
+plugin's own code is watched for a device given as a literal (a string or a
+number) and for ``.cuda()``; and no source file spells a device name.
+"""
+import ast
+import math
+import os
+import sys
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+import recbole_llm
+from test_eagerllm import TINY_EAGER
+from test_elcorec import TINY_CTR
+from test_llama4rec import TINY
+
+PACKAGE = os.path.dirname(os.path.abspath(recbole_llm.__file__))
+
+MODELS = {
+    "EAGERLLM": ("beauty-tiny", TINY_EAGER, "ndcg@10"),
+    "Llama4Rec": ("ml-tiny", dict(TINY, base_model="BPR"), "ndcg@5"),
+    "ELCoRec": ("ml-tiny", dict(TINY_CTR, rap_k_similar=2, rap_k_recent=2, item_text_max_tokens=6,
+                                llm_max_prompt_tokens=256), "auc"),
+}
+
+
+def plugin_caller():
+    """``file:line`` of the plugin code that called this torch function
+    directly, or None: calls that libraries (torch's optimisers, RecBole,
+    transformers) make inside are theirs to place."""
+    frame = sys._getframe(2)
+    path = os.path.abspath(frame.f_code.co_filename)
+    return f"{os.path.relpath(path, PACKAGE)}:{frame.f_lineno}" if path.startswith(PACKAGE) else None
+
+
+class LiteralDevices(TorchFunctionMode):
+    """Records torch calls from plugin code that name a device themselves."""
+
+    def __init__(self):
+        super().__init__()
+        self.found = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        device = kwargs.get("device")
+        literal = isinstance(device, (str, int)) and not isinstance(device, bool)
+        name = getattr(func, "__name__", "")
+        if name == "cuda" or (name == "to" and any(isinstance(a, str) for a in args[1:])):
+            literal = True
+        if literal:
+            where = plugin_caller()
+            if where:
+                self.found.add(f"{where} {name}(device={device!r})")
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_no_tensor_is_made_on_a_device_named_in_the_code(model, tmp_path):
+    from recbole_llm.quick_start import run_recbole_llm
+
+    dataset, settings, metric = MODELS[model]
+    settings = dict(settings, llm_cache_dir=str(tmp_path / "cache"))
+    watch = LiteralDevices()
+    with watch:
+        result = run_recbole_llm(model=model, dataset=dataset, config_dict=settings, argv=[])
+    assert math.isfinite(result["test_result"][metric])
+    assert not watch.found, sorted(watch.found)
+
+
+def test_the_watch_catches_a_literal_device():
+    """The check can fail: a plugin-style call with ``device="cpu"`` is caught."""
+    watch = LiteralDevices()
+    code = compile("import torch\nx = torch.zeros(2, device='cpu')\n",
+                   os.path.join(PACKAGE, "probe.py"), "exec")
+    with watch:
+        exec(code, {})
+        torch.zeros(2, device=torch.device("cpu"))  # from the test itself: not the plugin's
+    assert watch.found == {"probe.py:2 zeros(device='cpu')"}
+
+
+def test_no_source_file_names_a_device():
+    """String literals naming an accelerator (``"cuda"``, ``"cuda:0"``,
+    ``"mps"``) anywhere in the package, docstrings aside (host memory is
+    named where a checkpoint is loaded before it is copied onto the model)."""
+    names = {"cuda", "mps"}
+    found = []
+    for root, _, files in os.walk(PACKAGE):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(root, name)
+            with open(path) as f:
+                tree = ast.parse(f.read())
+            docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                          if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+                          and node.body and isinstance(node.body[0], ast.Expr)}
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings \
+                        and node.value.split(":")[0] in names:
+                    found.append(f"{os.path.relpath(path, PACKAGE)}:{node.lineno} {node.value!r}")
+    assert not found, found
