@@ -177,6 +177,9 @@ class Config(_RecBoleConfig):
                 and "train_neg_sample_args" not in self.external_config_dict):
             final["train_neg_sample_args"] = None
         super()._set_default_parameters()
+        if final.get("llm_path"):  # ``minilm``: the installed pretrained encoder's folder
+            from recbole_llm.llm.backbone import resolve_llm_path
+            final["llm_path"] = resolve_llm_path(final["llm_path"])
 
     # --- checks -----------------------------------------------------------
     def _raw_strings(self, config_dict) -> dict:

