@@ -37,6 +37,9 @@ VARIANTS = {
     "no_data_aug": {"data_augmentation": False},
     "no_prompt_aug": {"prompt_augmentation": False},
     "fixed_alpha": {"adaptive_alpha": False},
+    # 4.5x the instruction-tuning steps (3 epochs over 3,000 per task): is the
+    # small backbone's listwise choice informative with more tuning?
+    "more_tuning": {"llm_epochs": 3, "it_samples_per_task": 3000},
 }
 ROWS = dict(BASES)
 for base, settings in BASES.items():

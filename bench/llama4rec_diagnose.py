@@ -1,0 +1,69 @@
+"""Where Llama4Rec's re-ranking gains or loses, on real rows of a finished bench row.
+
+    python bench/llama4rec_diagnose.py bench/results/llama4rec_ml100k/bpr_l4r.json
+
+Rebuilds the row's model from its stored settings and checkpoint, prints one
+real test prompt, then on the test split compares three orders of the base
+model's top-N: the base's own, the LLM's alone (alpha 1 for every user) and
+the one the row kept (its searched alpha), each through RecBole's evaluator;
+and how the LLM's first choice falls over the shown labels and base ranks
+(a model that copies the base picks base rank 0; one that learned nothing
+spreads evenly).
+"""
+import json
+import sys
+
+import numpy as np
+import torch
+
+sys.argv, path = sys.argv[:1], sys.argv[1]
+from recbole.utils import init_logger, init_seed  # noqa: E402
+
+from recbole_llm.config import Config  # noqa: E402
+from recbole_llm.quick_start import build  # noqa: E402
+from recbole_llm.utils import set_cpu_threads  # noqa: E402
+
+row = json.load(open(path))
+settings = dict(row["settings"])
+settings.pop("_head_share", None)
+model_name, dataset = settings.pop("model"), settings.pop("dataset")
+config = Config(model=model_name, dataset=dataset, config_dict=dict(settings, state="WARNING"))
+set_cpu_threads(config["cpu_threads"])
+init_seed(config["seed"], config["reproducibility"])
+init_logger(config)
+_, (train, valid, test), model, trainer = build(config)
+trainer.load_model_weights(row["checkpoint"])
+model.eval()
+
+# one real prompt
+user = int(test.dataset.inter_feat[model.USER_ID][0])
+history = model.served_history(user) if not model.sequential else None
+print("kept alpha (alpha1, alpha2):", model.alpha_pair.tolist())
+
+picks, ranks_of_target = [], {"base": [], "llm": []}
+answer_distribution = sys.modules["recbole_llm.model.llama4rec.model"].answer_distribution
+
+
+def spy(*args, **kwargs):
+    out = answer_distribution(*args, **kwargs)
+    picks.append(out.argmax(1))
+    if len(picks) == 1:
+        print("---- a real test prompt ----\n" + args[2][0] + "\n---- LLM label distribution:",
+              [round(float(p), 3) for p in out[0].exp()])
+    return out
+
+
+sys.modules["recbole_llm.model.llama4rec.model"].answer_distribution = spy
+results = {}
+for name, alpha in (("base order", 0.0), ("LLM order alone", 1.0), ("kept alpha", None)):
+    saved = model.alpha.clone()
+    if alpha is not None:
+        model.alpha.fill_(alpha)
+    picks.clear()
+    results[name] = trainer.evaluate(test, load_best_model=False)
+    model.alpha.copy_(saved)
+    if name == "LLM order alone":
+        labels = torch.cat(picks).numpy()
+        print("LLM first choice by shown label (A..):", np.bincount(labels, minlength=model.topn).tolist())
+for name, r in results.items():
+    print(f"{name:18s}", {k: round(float(v), 4) for k, v in r.items() if k in ("hit@1", "hit@3", "ndcg@5", "hit@10")})
