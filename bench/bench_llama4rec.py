@@ -40,6 +40,8 @@ VARIANTS = {
     # 4.5x the instruction-tuning steps (3 epochs over 3,000 per task): is the
     # small backbone's listwise choice informative with more tuning?
     "more_tuning": {"llm_epochs": 3, "it_samples_per_task": 3000},
+    # the pretrained all-MiniLM-L6-v2 as the backbone (LoRA; 512 positions)
+    "minilm": {"llm_path": "minilm", "llm_max_prompt_tokens": 512},
 }
 ROWS = dict(BASES)
 for base, settings in BASES.items():
