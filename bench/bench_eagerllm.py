@@ -12,7 +12,7 @@ bench/results/eagerllm_beauty.md.
 """
 import os
 
-from runner import FIRST_SEED, cell, main, run_row, seeded
+from runner import FIRST_SEED, base_ratio, cell, main, run_row, seeded
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results", "eagerllm_beauty")
@@ -66,7 +66,7 @@ def table(results):
              "|---" * (len(cols) + 5) + "|"]
     for name, r in results.items():
         t = r["test"]
-        ratio = t["ndcg@10"] / base["test"]["ndcg@10"] if base else float("nan")
+        ratio = base_ratio(r, base, "ndcg@10") if base else float("nan")
         per_k = 1000 * r["eval_s"] / r.get("test_rows", r.get("test_users"))  # one row per user
         lines.append(f"| {name} | " + " | ".join(cell(r, c) for c in cols) +
                      f" | {ratio:.2f}x | {per_k:.1f} | {r['fit_s'] / 60:.1f} | "

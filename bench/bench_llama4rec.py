@@ -14,7 +14,7 @@ LLM's re-ranking.  Results per row in bench/results/llama4rec_ml100k/<row>.json
 """
 import os
 
-from runner import FIRST_SEED, cell, main, run_row, seeded
+from runner import FIRST_SEED, base_ratio, cell, main, run_row, seeded
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results", "llama4rec_ml100k")
@@ -95,12 +95,12 @@ def table(results):
 
 def ranking_table(results):
     cols = ["hit@3", "ndcg@3", "hit@5", "ndcg@5", "recall@10", "ndcg@10"]
-    lines = ["| row | " + " | ".join(cols) + " | NDCG@5 / base | tail H@5 | tail N@5 | head H@5 | "
+    lines = ["| row | " + " | ".join(cols) + " | NDCG@5 / base (same seeds) | tail H@5 | tail N@5 | head H@5 | "
              "head N@5 | fit (min) | eval s |", "|---" * (len(cols) + 8) + "|"]
     for name, r in results.items():
         t, g = r["test"], r.get("groups") or {}
         base = results.get(name.split("_")[0])
-        ratio = t["ndcg@5"] / base["test"]["ndcg@5"] if base else float("nan")
+        ratio = base_ratio(r, base, "ndcg@5") if base else float("nan")
         grp = [g.get(s, {}).get(m, float("nan")) for s in ("tail", "head") for m in ("hit@5", "ndcg@5")]
         lines.append(f"| {name} | " + " | ".join(cell(r, c) for c in cols) + f" | {ratio:.2f}x | "
                      + " | ".join(f"{v:.4f}" for v in grp)

@@ -11,12 +11,22 @@ and how the LLM's first choice falls over the shown labels and base ranks
 spreads evenly).
 """
 import json
+import os
 import sys
 
 import numpy as np
 import torch
 
+command = "python " + " ".join(sys.argv)
 sys.argv, path = sys.argv[:1], sys.argv[1]
+lines = []
+
+
+def say(text):
+    print(text, flush=True)
+    lines.append(text)
+
+
 from recbole.utils import init_logger, init_seed  # noqa: E402
 
 from recbole_llm.config import Config  # noqa: E402
@@ -38,7 +48,7 @@ model.eval()
 # one real prompt
 user = int(test.dataset.inter_feat[model.USER_ID][0])
 history = model.served_history(user) if not model.sequential else None
-print("kept alpha (alpha1, alpha2):", model.alpha_pair.tolist())
+say(f"kept alpha (alpha1, alpha2): {[round(a, 2) for a in model.alpha_pair.tolist()]}")
 
 picks, ranks_of_target = [], {"base": [], "llm": []}
 answer_distribution = sys.modules["recbole_llm.model.llama4rec.model"].answer_distribution
@@ -47,9 +57,9 @@ answer_distribution = sys.modules["recbole_llm.model.llama4rec.model"].answer_di
 def spy(*args, **kwargs):
     out = answer_distribution(*args, **kwargs)
     picks.append(out.argmax(1))
-    if len(picks) == 1:
-        print("---- a real test prompt ----\n" + args[2][0] + "\n---- LLM label distribution:",
-              [round(float(p), 3) for p in out[0].exp()])
+    if len(picks) == 1 and not lines[1:]:
+        say("a real test prompt:\n\n    " + args[2][0] + "\n\nLLM probability per shown label: "
+            + str([round(float(p), 3) for p in out[0].exp()]))
     return out
 
 
@@ -64,6 +74,11 @@ for name, alpha in (("base order", 0.0), ("LLM order alone", 1.0), ("kept alpha"
     model.alpha.copy_(saved)
     if name == "LLM order alone":
         labels = torch.cat(picks).numpy()
-        print("LLM first choice by shown label (A..):", np.bincount(labels, minlength=model.topn).tolist())
+        say(f"LLM first choice per test user, by shown label A..: "
+            f"{np.bincount(labels, minlength=model.topn).tolist()}")
+say("\n| order of the base's top-N | hit@3 | ndcg@5 | hit@10 |\n|---|---|---|---|")
 for name, r in results.items():
-    print(f"{name:18s}", {k: round(float(v), 4) for k, v in r.items() if k in ("hit@1", "hit@3", "ndcg@5", "hit@10")})
+    say(f"| {name} | {r['hit@3']:.4f} | {r['ndcg@5']:.4f} | {r['hit@10']:.4f} |")
+out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "llama4rec_diagnosis.md")
+with open(out, "a") as f:
+    f.write(f"## `{command}`\n\n" + "\n".join(lines) + "\n\n")

@@ -158,6 +158,18 @@ def finished_rows(names, out_dir) -> dict:
     return done
 
 
+def base_ratio(result: dict, base: dict, metric: str) -> float:
+    """``result``'s mean over ``base``'s mean on the same seeds (a one-seed
+    ablation against its own seed's base row, not the base's three-seed mean)."""
+    def by_seed(r):
+        return {run["settings"].get("seed", FIRST_SEED): run["test"][metric] for run in r.get("runs", [r])}
+    mine, theirs = by_seed(result), by_seed(base)
+    seeds = [s for s in mine if s in theirs]
+    if not seeds:
+        return float("nan")
+    return sum(mine[s] for s in seeds) / sum(theirs[s] for s in seeds)
+
+
 def cell(result: dict, metric: str) -> str:
     """``mean ± std (n)`` over seeds, or the single value."""
     value = f"{result['test'][metric]:.4f}"
