@@ -10,6 +10,7 @@ GAT expert's validation AUC) is stored with the row as ``expert``.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -115,6 +116,7 @@ def run_row(name: str, settings: dict, out_dir: str, force: bool = False) -> dic
     for part in progress:  # the row is done: nothing left to resume
         if os.path.isfile(part):
             os.remove(part)
+    shutil.rmtree(progress[1][:-len(".pth")] + "-adapter", ignore_errors=True)  # its peft export
     return result
 
 
