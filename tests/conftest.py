@@ -1,7 +1,11 @@
+import contextlib
+import http.server
+import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -109,3 +113,24 @@ def save_tiny_pretrained(folder, architecture: str = "llama") -> str:
 def tiny_llm_path(tmp_path_factory):
     """A tiny pretrained-style Llama folder (see :func:`save_tiny_pretrained`)."""
     return save_tiny_pretrained(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def send_json(handler, payload) -> None:
+    """Reply 200 with ``payload`` as JSON (fake OpenAI-compatible servers)."""
+    data = json.dumps(payload).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+@contextlib.contextmanager
+def serving(handler_class):
+    """``handler_class`` served on 127.0.0.1 (a free port); yields the API base URL."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    finally:
+        httpd.shutdown()

@@ -7,10 +7,10 @@ import http.server
 import json
 import math
 import os
-import threading
 
 import pytest
 
+from conftest import send_json, serving
 from test_llama4rec import TINY
 
 
@@ -31,12 +31,7 @@ class ChoosingServer(http.server.BaseHTTPRequestHandler):
             self.send_response(404)
             self.end_headers()
             return
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, reply)
 
     def log_message(self, *args):
         pass
@@ -45,10 +40,8 @@ class ChoosingServer(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     ChoosingServer.requests = []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ChoosingServer)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
+    with serving(ChoosingServer) as url:
+        yield url
 
 
 @pytest.mark.parametrize("mode", ["completions", "chat"])

@@ -1,13 +1,12 @@
 import http.server
 import json
 import os
-import threading
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ML_TINY
+from conftest import ML_TINY, send_json, serving
 from recbole_llm.config import Config
 from recbole_llm.errors import InputError
 from recbole_llm.llm.backbone import (add_tokens, apply_tuning, count_trainable, load_backbone,
@@ -273,12 +272,7 @@ class _FakeServer(http.server.BaseHTTPRequestHandler):
         else:
             reply = {"choices": [{"index": i, "text": f"echo:{p}"}
                                  for i, p in reversed(list(enumerate(body["prompt"])))]}
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, reply)
 
     def log_message(self, *args):
         pass
@@ -287,11 +281,8 @@ class _FakeServer(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     _FakeServer.requests, _FakeServer.fail_first = [], 1
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeServer)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
+    with serving(_FakeServer) as url:
+        yield url
 
 
 def test_http_client_batches_retries_and_caches_without_the_key(server, tmp_path, monkeypatch):
