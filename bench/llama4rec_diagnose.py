@@ -6,9 +6,10 @@ Rebuilds the row's model from its stored settings and checkpoint, prints one
 real test prompt, then on the test split compares three orders of the base
 model's top-N: the base's own, the LLM's alone (alpha 1 for every user) and
 the one the row kept (its searched alpha), each through RecBole's evaluator;
-and how the LLM's first choice falls over the shown labels and base ranks
-(a model that copies the base picks base rank 0; one that learned nothing
-spreads evenly).
+and how the LLM's first choice falls over the shown labels (candidates are
+shuffled before labelling, so a model that reads the items spreads its
+choices; one that learned a label prior does not).  Appends to
+bench/results/llama4rec_diagnosis.md.
 """
 import json
 import os
@@ -45,12 +46,9 @@ _, (train, valid, test), model, trainer = build(config)
 trainer.load_model_weights(row["checkpoint"])
 model.eval()
 
-# one real prompt
-user = int(test.dataset.inter_feat[model.USER_ID][0])
-history = model.served_history(user) if not model.sequential else None
 say(f"kept alpha (alpha1, alpha2): {[round(a, 2) for a in model.alpha_pair.tolist()]}")
 
-picks, ranks_of_target = [], {"base": [], "llm": []}
+picks = []
 answer_distribution = sys.modules["recbole_llm.model.llama4rec.model"].answer_distribution
 
 

@@ -130,8 +130,9 @@ def seeded(name: str, seed: int) -> str:
 
 def finished_rows(names, out_dir) -> dict:
     """Each finished row, its seeds merged: metrics, fit and eval times are the
-    mean over the seeds found; ``test_std`` holds the (population) standard
-    deviation and ``seeds`` the seeds, so tables show mean and spread."""
+    mean over the seeds found; ``test_std`` holds the sample standard deviation
+    (n - 1) and ``seeds`` the seeds, so tables show mean and spread; the
+    expert report stays the first seed's."""
     import glob
     import statistics
 
@@ -149,7 +150,7 @@ def finished_rows(names, out_dir) -> dict:
         if len(runs) > 1:
             keys = runs[0]["test"]
             merged["test"] = {k: statistics.fmean(r["test"][k] for r in runs) for k in keys}
-            merged["test_std"] = {k: statistics.pstdev(r["test"][k] for r in runs) for k in keys}
+            merged["test_std"] = {k: statistics.stdev(r["test"][k] for r in runs) for k in keys}
             if all(r.get("groups") for r in runs):  # head / tail users: mean over seeds
                 merged["groups"] = {g: {m: statistics.fmean(r["groups"][g][m] for r in runs) for m in ms}
                                     for g, ms in runs[0]["groups"].items()}

@@ -106,3 +106,25 @@ def test_no_source_file_names_a_device():
                         and node.value.split(":")[0] in names:
                     found.append(f"{os.path.relpath(path, PACKAGE)}:{node.lineno} {node.value!r}")
     assert not found, found
+
+
+def test_no_function_defaults_to_a_named_device():
+    """A ``device="cpu"`` default is how code silently stays on the CPU when a
+    caller forgets to pass the model's device (the text encoder did)."""
+    found = []
+    for root, _, files in os.walk(PACKAGE):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(root, name)
+            with open(path) as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                args = node.args.args[len(node.args.args) - len(node.args.defaults):] + node.args.kwonlyargs
+                defaults = list(node.args.defaults) + list(node.args.kw_defaults)
+                for arg, default in zip(args, defaults):
+                    if "device" in arg.arg and isinstance(default, ast.Constant) and isinstance(default.value, str):
+                        found.append(f"{os.path.relpath(path, PACKAGE)}:{node.lineno} {node.name}({arg.arg}={default.value!r})")
+    assert not found, found

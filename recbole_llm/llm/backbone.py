@@ -24,12 +24,18 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.m
                     "vocab.txt")
 
 
+#: how a pretrained folder becomes the backbone (is_decoder, head initialisation,
+#: modules trained with LoRA); part of every LLM cache key, bumped when it changes
+LOADER_VERSION = "encoder-as-decoder-1"
 #: ``llm_path`` value naming the pretrained all-MiniLM-L6-v2 that installs from PyPI
 #: with the text encoder (22M parameters), run as a causal decoder
 MINILM = "minilm"
 #: encoder families loaded as causal decoders: transformers' LM-head class with
 #: ``is_decoder=True`` (causal self-attention), output tied to the word embeddings
 ENCODER_AS_DECODER = ("bert",)
+#: encoder families whose LM head this loader does not handle: refused by name
+OTHER_ENCODERS = ("roberta", "xlm-roberta", "camembert", "electra", "deberta", "deberta-v2",
+                  "distilbert", "albert", "mpnet", "ernie", "xlm")
 
 
 def resolve_llm_path(value):
@@ -173,7 +179,12 @@ def _load_pretrained(path, config):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    encoder = AutoConfig.from_pretrained(path, local_files_only=True).model_type in ENCODER_AS_DECODER
+    model_type = AutoConfig.from_pretrained(path, local_files_only=True).model_type
+    if model_type in OTHER_ENCODERS:
+        from recbole_llm.errors import InputError
+        raise InputError(f"llm_path '{path}' is a {model_type} encoder: only BERT encoders run as "
+                         "causal decoders here; give a causal LM folder")
+    encoder = model_type in ENCODER_AS_DECODER
     model, info = AutoModelForCausalLM.from_pretrained(
         path, local_files_only=True, dtype=llm_dtype(config), output_loading_info=True,
         **({"is_decoder": True} if encoder else {}))
@@ -188,11 +199,13 @@ def _load_pretrained(path, config):
 def _encoder_as_decoder(model, tokenizer, missing) -> None:
     """A BERT-style encoder as a causal LM: its separator ends a sequence, its
     classifier token starts one; an LM head the checkpoint lacks (sentence
-    encoders keep only the encoder) starts as the identity transform before
-    the tied word-embedding projection, so the pretrained hidden states map
-    onto the pretrained vocabulary from the first step, not through noise."""
+    encoders keep only the encoder) starts with an identity dense layer (then
+    its GELU and LayerNorm) before the tied word-embedding projection, so the
+    pretrained hidden states map onto the pretrained vocabulary from the first
+    step, not through noise."""
     tokenizer.eos_token = tokenizer.eos_token or tokenizer.sep_token
     tokenizer.bos_token = tokenizer.bos_token or tokenizer.cls_token
+    model.generation_config.eos_token_id = tokenizer.eos_token_id  # free-text generation stops
     transform = model.cls.predictions.transform
     with torch.no_grad():
         if any(k.startswith("cls.predictions.transform.dense") for k in missing):

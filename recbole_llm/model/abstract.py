@@ -106,6 +106,9 @@ class LLMSettings:
             value = getattr(self, name)
             parts[name] = (path_fingerprint(value, memo_dir) if name in PATH_KEYS and value
                            else value)
+        if self.llm_path:  # how the folder is loaded shapes everything trained on it
+            from recbole_llm.llm.backbone import LOADER_VERSION
+            parts["llm_loader"] = LOADER_VERSION
         return parts
 
 

@@ -154,7 +154,11 @@ def pretrained_expert(dataset, timeline, s: GATSettings, seed: int, cache,
         return dict(arrays, report=np.asarray(json.dumps(report)))
 
     # the random state after this is the same whether the expert was trained or read
-    with torch.random.fork_rng(devices=[]):
+    # (the accelerator's generator too: manual_seed reseeds it)
+    device = torch.device(device)
+    fork = torch.random.fork_rng(devices=[]) if device.type == "cpu" else \
+        torch.random.fork_rng(devices=[device.index or 0], device_type=device.type)
+    with fork:
         arrays = cache.get_or_compute_arrays(expert_key(cache, s, seed, dataset), compute)
         expert = build_expert(dataset, timeline, s, device)
     expert.load_state_dict({k[len("state."):]: torch.as_tensor(v)
