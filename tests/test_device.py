@@ -85,26 +85,30 @@ def test_the_watch_catches_a_literal_device():
     assert watch.found == {"probe.py:2 zeros(device='cpu')"}
 
 
+def package_sources():
+    """``(path, syntax tree)`` of every module of the package."""
+    for root, _, files in os.walk(PACKAGE):
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(root, name)
+                with open(path) as f:
+                    yield path, ast.parse(f.read())
+
+
 def test_no_source_file_names_a_device():
     """String literals naming an accelerator (``"cuda"``, ``"cuda:0"``,
     ``"mps"``) anywhere in the package, docstrings aside (host memory is
     named where a checkpoint is loaded before it is copied onto the model)."""
     names = {"cuda", "mps"}
     found = []
-    for root, _, files in os.walk(PACKAGE):
-        for name in files:
-            if not name.endswith(".py"):
-                continue
-            path = os.path.join(root, name)
-            with open(path) as f:
-                tree = ast.parse(f.read())
-            docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                          if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
-                          and node.body and isinstance(node.body[0], ast.Expr)}
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings \
-                        and node.value.split(":")[0] in names:
-                    found.append(f"{os.path.relpath(path, PACKAGE)}:{node.lineno} {node.value!r}")
+    for path, tree in package_sources():
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings \
+                    and node.value.split(":")[0] in names:
+                found.append(f"{os.path.relpath(path, PACKAGE)}:{node.lineno} {node.value!r}")
     assert not found, found
 
 
@@ -112,19 +116,13 @@ def test_no_function_defaults_to_a_named_device():
     """A ``device="cpu"`` default is how code silently stays on the CPU when a
     caller forgets to pass the model's device (the text encoder did)."""
     found = []
-    for root, _, files in os.walk(PACKAGE):
-        for name in files:
-            if not name.endswith(".py"):
+    for path, tree in package_sources():
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
-            path = os.path.join(root, name)
-            with open(path) as f:
-                tree = ast.parse(f.read())
-            for node in ast.walk(tree):
-                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    continue
-                args = node.args.args[len(node.args.args) - len(node.args.defaults):] + node.args.kwonlyargs
-                defaults = list(node.args.defaults) + list(node.args.kw_defaults)
-                for arg, default in zip(args, defaults):
-                    if "device" in arg.arg and isinstance(default, ast.Constant) and isinstance(default.value, str):
-                        found.append(f"{os.path.relpath(path, PACKAGE)}:{node.lineno} {node.name}({arg.arg}={default.value!r})")
+            args = node.args.args[len(node.args.args) - len(node.args.defaults):] + node.args.kwonlyargs
+            defaults = list(node.args.defaults) + list(node.args.kw_defaults)
+            for arg, default in zip(args, defaults):
+                if "device" in arg.arg and isinstance(default, ast.Constant) and isinstance(default.value, str):
+                    found.append(f"{os.path.relpath(path, PACKAGE)}:{node.lineno} {node.name}({arg.arg}={default.value!r})")
     assert not found, found
