@@ -38,11 +38,19 @@ def _optional(config, key):
     return config[key] if key in config.final_config_dict else None
 
 
+def _is_llm_model(config) -> bool:
+    from recbole_llm.model.abstract import LLMRecommender
+    return isinstance(config.model_class, type) and issubclass(config.model_class, LLMRecommender)
+
+
 def check_paths(config) -> None:
     """Local model folders and checkpoints named in the config: fail before any long work."""
     if config["llm_path"]:
         from recbole_llm.llm.backbone import check_llm_path
         check_llm_path(config["llm_path"])
+    if _is_llm_model(config):
+        from recbole_llm.llm.backbone import check_prompt_fits
+        check_prompt_fits(config)
     for key in ("resume_checkpoint", "behavior_checkpoint", "base_checkpoint"):
         value = _optional(config, key)
         if value and not os.path.isfile(value):

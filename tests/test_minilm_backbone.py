@@ -12,7 +12,7 @@ from recbole_llm.errors import InputError
 from recbole_llm.llm.backbone import MINILM, apply_tuning, load_backbone
 from recbole_llm.llm.encoder import default_encoder_path
 from recbole_llm.llm.prompts import answer_lm_loss, training_batch
-from recbole_llm.model.abstract import LLMRecommender, LLMSettings
+from recbole_llm.model.abstract import LLMSettings
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +86,11 @@ def test_lora_on_minilm_trains_the_new_head_transform(settings):
     assert not any("word_embeddings" in n for n in trainable)
 
 
-def test_prompt_limit_beyond_the_backbones_positions_is_an_error(settings):
-    model = LLMRecommender()
-    model.settings, model.cache = dataclasses.replace(settings, llm_max_prompt_tokens=640), None
+def test_prompt_limit_beyond_the_backbones_positions_is_an_error():
+    """Checked before any data loads (Llama4Rec's default 640 does not fit MiniLM)."""
+    from recbole_llm.quick_start import check_paths
+
+    config = Config(model="EAGERLLM", dataset="beauty-tiny", argv=[],
+                    config_dict=dict(ML_TINY, llm_path=MINILM, llm_max_prompt_tokens=640))
     with pytest.raises(InputError, match="llm_max_prompt_tokens 640 exceeds the 512 positions"):
-        model.load_llm(corpus=None)
+        check_paths(config)

@@ -71,6 +71,25 @@ def check_llm_path(path: str) -> None:
                          "save them with model.save_pretrained(path)")
 
 
+def check_prompt_fits(config) -> None:
+    """``llm_max_prompt_tokens`` within the backbone's positions, read from its
+    config before any data loads (MiniLM: 512; the small default:
+    ``llm_max_positions``)."""
+    from recbole_llm.errors import InputError
+
+    path, limit = config["llm_path"], config["llm_max_prompt_tokens"]
+    if path:
+        from transformers import AutoConfig
+        positions = getattr(AutoConfig.from_pretrained(path, local_files_only=True),
+                            "max_position_embeddings", None)
+    else:
+        positions, path = config["llm_max_positions"], "small default: llm_max_positions"
+    if positions and limit > positions:
+        raise InputError(f"llm_max_prompt_tokens {limit} exceeds the {positions} positions of the "
+                         f"backbone ({path}): lower llm_max_prompt_tokens (and the prompt sizes "
+                         "it must hold)")
+
+
 def train_tokenizer(texts, vocab_size: int = 2000, save_dir: str = None):
     """A byte-level BPE tokenizer trained on ``texts`` (no download)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

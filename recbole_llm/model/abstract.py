@@ -137,11 +137,6 @@ class LLMRecommender(PluginModel):
         from recbole_llm.llm.backbone import add_tokens, load_backbone
 
         llm, self.tokenizer = load_backbone(self.settings, corpus=corpus, cache=self.cache)
-        positions = getattr(llm.config, "max_position_embeddings", None)
-        if positions and self.settings.llm_max_prompt_tokens > positions:
-            raise InputError(f"llm_max_prompt_tokens {self.settings.llm_max_prompt_tokens} exceeds the "
-                             f"{positions} positions of the backbone ({self.settings.llm_path or 'small default: llm_max_positions'}): "
-                             "lower llm_max_prompt_tokens (and the prompt sizes it must hold)")
         ids = add_tokens(llm, self.tokenizer, list(tokens)) if tokens else []
         special = add_tokens(llm, self.tokenizer, list(special_tokens), special=True) \
             if special_tokens else []
