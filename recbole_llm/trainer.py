@@ -87,7 +87,7 @@ def rng_state(loader=None) -> dict:
                        int(np_state[2]), int(np_state[3]), float(np_state[4])],
              "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
     if torch.cuda.is_available():
-        state["gpu"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state_all()
     generator = getattr(loader, "generator", None)
     if isinstance(generator, torch.Generator):
         state["loader"] = generator.get_state()
@@ -107,8 +107,8 @@ def set_rng_state(state: dict, loader=None) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
-    if "gpu" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["gpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
     generator = getattr(loader, "generator", None)
     if "loader" in state and isinstance(generator, torch.Generator):
         generator.set_state(state["loader"])
