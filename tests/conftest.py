@@ -115,22 +115,50 @@ def tiny_llm_path(tmp_path_factory):
     return save_tiny_pretrained(tmp_path_factory.mktemp("tiny-llama"))
 
 
-def send_json(handler, payload) -> None:
-    """Reply 200 with ``payload`` as JSON (fake OpenAI-compatible servers)."""
-    data = json.dumps(payload).encode()
-    handler.send_response(200)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(data)))
-    handler.end_headers()
-    handler.wfile.write(data)
-
-
 @contextlib.contextmanager
-def serving(handler_class):
-    """``handler_class`` served on 127.0.0.1 (a free port); yields the API base URL."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+def serve(answer, max_requests: int = 10):
+    """A server on 127.0.0.1 whose every request (GET or POST) is recorded, then
+    answered by ``answer(handler, n, body)`` (n: 0-based request count); yields
+    (base URL, requests), each ``{method, path, auth, body}``."""
+    requests, lock = [], threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def handle_any(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length)) if length else None
+            with lock:
+                n = len(requests)
+                requests.append({"method": self.command, "path": self.path,
+                                 "auth": self.headers.get("Authorization"), "body": body})
+            if n >= max_requests:  # bounded: a runaway client gets errors, not answers
+                self.send_error(410)
+                return
+            answer(self, n, body)
+
+        do_GET = do_POST = handle_any
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", requests
     finally:
         httpd.shutdown()
+        httpd.server_close()
+
+
+def send(handler, status: int, body: bytes = b"", headers=()):
+    handler.send_response(status)
+    for name, value in headers:
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def send_json(handler, payload) -> None:
+    """Reply 200 with ``payload`` as JSON (fake OpenAI-compatible servers)."""
+    send(handler, 200, json.dumps(payload).encode(), [("Content-Type", "application/json")])

@@ -1,14 +1,12 @@
 """OpenAIClient hardening against a real HTTP server on 127.0.0.1: redirects are
 refused (the key never leaves ``api_base``), a total deadline bounds a dribbling
 answer, malformed 200 answers are wrapped and retried, 429/5xx retried."""
-import contextlib
-import http.server
 import json
-import threading
 import time
 
 import pytest
 
+from conftest import send, serve
 from recbole_llm.llm.client import LLMServerError, OpenAIClient
 
 KEY = "sk-test-secret-42"
@@ -19,51 +17,8 @@ def _ok_body(prompts) -> bytes:
                                    for i, p in enumerate(prompts)]}).encode()
 
 
-@contextlib.contextmanager
-def serve(answer, max_requests: int = 10):
-    """A server whose every request (GET or POST) is recorded, then answered by
-    ``answer(handler, n, body)`` (n: 0-based request count); yields (base URL, requests)."""
-    requests, lock = [], threading.Lock()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def handle_any(self):
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length)) if length else None
-            with lock:
-                n = len(requests)
-                requests.append({"method": self.command, "path": self.path,
-                                 "auth": self.headers.get("Authorization"), "body": body})
-            if n >= max_requests:  # bounded: a runaway client gets errors, not answers
-                self.send_error(410)
-                return
-            answer(self, n, body)
-
-        do_GET = do_POST = handle_any
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", requests
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-def _send(handler, status: int, body: bytes = b"", headers=()):
-    handler.send_response(status)
-    for name, value in headers:
-        handler.send_header(name, value)
-    handler.send_header("Content-Length", str(len(body)))
-    handler.end_headers()
-    handler.wfile.write(body)
-
-
 def _valid(handler, n, body):
-    _send(handler, 200, _ok_body(body["prompt"]), [("Content-Type", "application/json")])
+    send(handler, 200, _ok_body(body["prompt"]), [("Content-Type", "application/json")])
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +35,7 @@ def _client(base, **kwargs):
 def test_redirect_is_refused_and_the_key_never_leaves_api_base(status):
     with serve(_valid) as (elsewhere, elsewhere_requests):
         def redirect(handler, n, body):
-            _send(handler, status, headers=[("Location", elsewhere + "/completions")])
+            send(handler, status, headers=[("Location", elsewhere + "/completions")])
 
         with serve(redirect) as (base, requests):
             with pytest.raises(LLMServerError) as info:
@@ -138,7 +93,7 @@ def test_slow_but_complete_answer_within_the_deadline_succeeds():
 def test_non_json_200_is_wrapped_retried_and_never_shows_the_key():
     def html(handler, n, body):  # a proxy's error page that even echoes the request's header
         page = f"<html>Bad gateway {handler.headers['Authorization']}</html>" + "x" * 500
-        _send(handler, 200, page.encode(), [("Content-Type", "text/html")])
+        send(handler, 200, page.encode(), [("Content-Type", "text/html")])
 
     with serve(html) as (base, requests):
         with pytest.raises(LLMServerError) as info:
@@ -157,7 +112,7 @@ def test_non_json_200_is_wrapped_retried_and_never_shows_the_key():
 def test_malformed_answer_once_then_valid_succeeds(bad):
     def flaky(handler, n, body):
         if n == 0:
-            _send(handler, 200, bad)
+            send(handler, 200, bad)
         else:
             _valid(handler, n, body)
 
@@ -169,7 +124,7 @@ def test_malformed_answer_once_then_valid_succeeds(bad):
 def test_chat_answer_without_content_is_retried():
     def chat(handler, n, body):
         content = None if n == 0 else "hi:" + body["messages"][0]["content"]
-        _send(handler, 200, json.dumps(
+        send(handler, 200, json.dumps(
             {"choices": [{"index": 0, "message": {"content": content}}]}).encode())
 
     with serve(chat) as (base, requests):
@@ -181,7 +136,7 @@ def test_chat_answer_without_content_is_retried():
 def test_retryable_status_then_ok(status):
     def flaky(handler, n, body):
         if n == 0:
-            _send(handler, status, b"busy")
+            send(handler, status, b"busy")
         else:
             _valid(handler, n, body)
 
@@ -191,7 +146,7 @@ def test_retryable_status_then_ok(status):
 
 
 def test_client_error_is_not_retried():
-    with serve(lambda handler, n, body: _send(handler, 400, b"bad request")) as (base, requests):
+    with serve(lambda handler, n, body: send(handler, 400, b"bad request")) as (base, requests):
         with pytest.raises(LLMServerError, match="HTTP 400"):
             _client(base, max_retries=3).complete(["a"])
     assert len(requests) == 1

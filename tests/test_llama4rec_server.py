@@ -3,45 +3,31 @@ llama.cpp server), end to end through ``run_recbole_llm`` against a fake
 server on 127.0.0.1: the prompts reach the server, its free-text answers
 become training rows, the key never reaches the cache, and a second run asks
 the server nothing (answers cached)."""
-import http.server
-import json
 import math
 import os
 
 import pytest
 
-from conftest import send_json, serving
+from conftest import send, send_json, serve
 from test_llama4rec import TINY
 
 
-class ChoosingServer(http.server.BaseHTTPRequestHandler):
+def choose(handler, n, body):
     """Answers every augmentation prompt with a label in free text, as a chat
-    model would; records what it is asked."""
-    requests = []
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append((self.path, self.headers.get("Authorization"), body))
-        if self.path.endswith("/chat/completions"):
-            reply = {"choices": [{"index": 0, "message": {"content": "I would pick B."}}]}
-        elif self.path.endswith("/completions"):
-            reply = {"choices": [{"index": i, "text": " [A] is the one" if i % 2 else " B"}
-                                 for i in range(len(body["prompt"]))]}
-        else:
-            self.send_response(404)
-            self.end_headers()
-            return
-        send_json(self, reply)
-
-    def log_message(self, *args):
-        pass
+    model would."""
+    if handler.path.endswith("/chat/completions"):
+        send_json(handler, {"choices": [{"index": 0, "message": {"content": "I would pick B."}}]})
+    elif handler.path.endswith("/completions"):
+        send_json(handler, {"choices": [{"index": i, "text": " [A] is the one" if i % 2 else " B"}
+                                        for i in range(len(body["prompt"]))]})
+    else:
+        send(handler, 404)
 
 
 @pytest.fixture
 def server():
-    ChoosingServer.requests = []
-    with serving(ChoosingServer) as url:
-        yield url
+    with serve(choose, max_requests=100) as (url, requests):
+        yield url, requests
 
 
 @pytest.mark.parametrize("mode", ["completions", "chat"])
@@ -49,6 +35,7 @@ def test_augmentation_from_a_served_model_end_to_end(server, mode, tmp_path, mon
     from recbole_llm.quick_start import run_recbole_llm
 
     monkeypatch.setenv("SERVED_KEY", "sk-never-stored")
+    server, requests = server
     settings = dict(TINY, base_model="BPR", llm_api_base=server, llm_api_model="served-7b",
                     llm_api_key_env="SERVED_KEY", llm_api_mode=mode, llm_api_batch_size=4,
                     llm_cache_dir=str(tmp_path / "cache"), state="INFO")
@@ -57,10 +44,10 @@ def test_augmentation_from_a_served_model_end_to_end(server, mode, tmp_path, mon
     assert math.isfinite(result["test_result"]["ndcg@5"])
 
     # the augmentation prompts went to the server, with the key, as the configured API
-    asked = [body for path, _, body in ChoosingServer.requests]
-    assert asked and all(path.endswith("/chat/completions" if mode == "chat" else "/v1/completions")
-                         for path, _, _ in ChoosingServer.requests)
-    assert all(auth == "Bearer sk-never-stored" for _, auth, _ in ChoosingServer.requests)
+    asked = [r["body"] for r in requests]
+    assert asked and all(r["path"].endswith("/chat/completions" if mode == "chat" else "/v1/completions")
+                         for r in requests)
+    assert all(r["auth"] == "Bearer sk-never-stored" for r in requests)
     assert all(body["model"] == "served-7b" for body in asked)
     prompts = [m["content"] for b in asked for m in b["messages"]] if mode == "chat" else \
         [p for b in asked for p in b["prompt"]]
@@ -76,7 +63,7 @@ def test_augmentation_from_a_served_model_end_to_end(server, mode, tmp_path, mon
                 assert b"sk-never-stored" not in f.read()
 
     # a second run asks the server nothing: its answers are cached
-    ChoosingServer.requests = []
+    before = len(requests)
     again = run_recbole_llm(model="Llama4Rec", dataset="ml-tiny", config_dict=settings, argv=[])
-    assert not ChoosingServer.requests
+    assert len(requests) == before
     assert again["test_result"]["ndcg@5"] == pytest.approx(result["test_result"]["ndcg@5"])

@@ -1,12 +1,10 @@
-import http.server
-import json
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ML_TINY, send_json, serving
+from conftest import ML_TINY, send, send_json, serve
 from recbole_llm.config import Config
 from recbole_llm.errors import InputError
 from recbole_llm.llm.backbone import (add_tokens, apply_tuning, count_trainable, load_backbone,
@@ -254,57 +252,46 @@ def test_batch_job_resumes_where_it_stopped(tmp_path):
     assert cache.map_batches("job", list(range(10)), None, 3, show_progress=False) == result
 
 
-class _FakeServer(http.server.BaseHTTPRequestHandler):
-    requests = []
-    fail_first = 1
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append((self.path, self.headers.get("Authorization"), body))
-        if type(self).fail_first > 0:
-            type(self).fail_first -= 1
-            self.send_response(503)
-            self.end_headers()
-            return
-        if self.path.endswith("/chat/completions"):
-            reply = {"choices": [{"index": 0, "message": {
-                "content": "chat:" + body["messages"][0]["content"]}}]}
-        else:
-            reply = {"choices": [{"index": i, "text": f"echo:{p}"}
-                                 for i, p in reversed(list(enumerate(body["prompt"])))]}
-        send_json(self, reply)
-
-    def log_message(self, *args):
-        pass
+def _echo(handler, n, body):
+    """The first request fails (503); then echo the prompts (completions, in
+    reversed order: the client must sort by index) or the chat message."""
+    if n == 0:
+        send(handler, 503)
+    elif handler.path.endswith("/chat/completions"):
+        send_json(handler, {"choices": [{"index": 0, "message": {
+            "content": "chat:" + body["messages"][0]["content"]}}]})
+    else:
+        send_json(handler, {"choices": [{"index": i, "text": f"echo:{p}"}
+                                        for i, p in reversed(list(enumerate(body["prompt"])))]})
 
 
 @pytest.fixture
 def server():
-    _FakeServer.requests, _FakeServer.fail_first = [], 1
-    with serving(_FakeServer) as url:
-        yield url
+    with serve(_echo) as (url, requests):
+        yield url, requests
 
 
 def test_http_client_batches_retries_and_caches_without_the_key(server, tmp_path, monkeypatch):
+    server, requests = server
     monkeypatch.setenv("MY_LLM_KEY", "sk-secret-123")
     client = OpenAIClient(server, "qwen-7b", api_key_env="MY_LLM_KEY", batch_size=2, backoff=0.01)
     cached = CachedClient(client, str(tmp_path), show_progress=False)
     prompts = ["p1", "p2", "p3", "p1"]
     assert cached.complete(prompts, max_new_tokens=8) == ["echo:p1", "echo:p2", "echo:p3", "echo:p1"]
-    paths = [r[0] for r in _FakeServer.requests]
+    paths = [r["path"] for r in requests]
     assert paths == ["/v1/completions"] * 3                # one 503, then 2 batches
-    assert _FakeServer.requests[1][1] == "Bearer sk-secret-123"
-    assert [r[2]["prompt"] for r in _FakeServer.requests[1:]] == [["p1", "p2"], ["p3"]]
+    assert requests[1]["auth"] == "Bearer sk-secret-123"
+    assert [r["body"]["prompt"] for r in requests[1:]] == [["p1", "p2"], ["p3"]]
     assert cached.calls == 3
     again = CachedClient(client, str(tmp_path), show_progress=False)
     assert again.complete(["p3", "p2"], max_new_tokens=8) == ["echo:p3", "echo:p2"]
-    assert again.calls == 0 and len(_FakeServer.requests) == 3
+    assert again.calls == 0 and len(requests) == 3
     for name in os.listdir(tmp_path):
         assert "sk-secret" not in open(tmp_path / name).read()
 
 
 def test_http_chat_mode_and_errors(server, tmp_path):
-    client = OpenAIClient(server, "m", mode="chat", backoff=0.01)
+    client = OpenAIClient(server[0], "m", mode="chat", backoff=0.01)
     assert client.complete(["hi"]) == ["chat:hi"]
     dead = OpenAIClient("http://127.0.0.1:9/v1", "m", max_retries=1, backoff=0.01, timeout=2)
     with pytest.raises(LLMServerError, match="unreachable after 2 attempt"):
