@@ -215,8 +215,8 @@ def test_each_task_weighs_its_own_mean_loss(eager):
     prompts = model.history_prompts(seq, lens)
     answers = [model.index.token_ids(i) for i in items]
     text = [model.item_text_ids[i] + [model.eos_id] for i in items[:2]]
-    rec_only = training_batch(prompts, answers, model.pad_id, model.max_prompt)
-    mixed = training_batch(prompts + prompts[:2], answers + text, model.pad_id, model.max_prompt)
+    rec_only = training_batch(prompts, answers, model.pad_id, model.settings.llm_max_prompt_tokens)
+    mixed = training_batch(prompts + prompts[:2], answers + text, model.pad_id, model.settings.llm_max_prompt_tokens)
     tasks = ["seqrec"] * 4 + ["index2item"] * 2
     weights = model.loss_weights
     model.eval()

@@ -25,45 +25,32 @@ What makes it EAGER-LLM, and where it lives here:
 * Inference: constrained beam search (beam 20) over valid item codes only,
   turned into RecBole's full-sort scores.
 """
-import math
-
-import numpy as np
 import torch
 import torch.nn.functional as F
-from recbole.model.abstract_recommender import SequentialRecommender
-from recbole.utils import InputType
 
-from recbole_llm.errors import InputError
 from recbole_llm.llm.encoder import item_text_embeddings
-from recbole_llm.llm.generation import constrained_beam_search, to_full_sort_scores
-from recbole_llm.llm.prompts import (Template, answer_logits, answer_logprob, inference_batch,
-                                     training_batch)
-from recbole_llm.model.abstract import LLMRecommender
+from recbole_llm.llm.prompts import training_batch
 from recbole_llm.model.conventional import checkpoint_item_embeddings, train_item_embeddings
 from recbole_llm.model.eagerllm.index import build_dual_source_codes, index_key
 from recbole_llm.model.eagerllm.settings import EAGERSettings
+from recbole_llm.model.generative import GenerativeRecommender
 from recbole_llm.model.layers import info_nce, projector
 from recbole_llm.tokenization import ItemIndex
 
 CON_TOKEN = "[CON]"
-# each task's template slot
-TASK_SLOTS = {"seqrec": "history", "item2index": "text", "index2item": "item",
-              "preference": "history"}
 
 
-class EAGERLLM(LLMRecommender, SequentialRecommender):
+class EAGERLLM(GenerativeRecommender):
     """RecBole sequential model; see the module docstring."""
 
-    input_type = InputType.POINTWISE
     settings_class = EAGERSettings
+    TASK_SLOTS = {"seqrec": "history", "item2index": "text", "index2item": "item",
+                  "preference": "history"}
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         s = self.read_settings(config)
         cache = self.cache
-        self.max_prompt = s.llm_max_prompt_tokens
-        self.num_beams = s.num_beams
-        self.beam_batch_size = s.beam_batch_size
 
         # --- exogenous knowledge: semantic (text) and behavioural embeddings
         sem = item_text_embeddings(dataset, s, cache, self.device)
@@ -81,11 +68,8 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
 
         # --- backbone with code tokens and [CON]
         texts = dataset.item_texts()
-        templates = {task: [text] if isinstance(text, str) else list(text) for task, text in (
-            ("seqrec", s.seqrec_template), ("item2index", s.item2index_template),
-            ("index2item", s.index2item_template), ("preference", s.preference_template))}
-        corpus = [t for t in texts if t] + [t for group in templates.values() for t in group] \
-            + [s.history_separator or ""]
+        corpus = [t for t in texts if t] + [t for group in self.template_texts().values()
+                                           for t in group] + [s.history_separator or ""]
         llm, code_ids, (self.con_id,) = self.load_llm(corpus, self.index.tokens(), [CON_TOKEN])
         self.trie = self.index.bind(self.tokenizer)
         self._new_token_ids = code_ids + [self.con_id]
@@ -93,11 +77,7 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
 
         # --- templates (the first of each task is the one used at inference), the
         # separator between history items, per-item token ids: tokenised once
-        self.templates = {task: [Template(self.tokenizer, text, TASK_SLOTS[task]) for text in group]
-                          for task, group in templates.items()}
-        self.separator_ids = self.tokenizer(s.history_separator,
-                                            add_special_tokens=False)["input_ids"] \
-            if s.history_separator else []  # "" or None: items' codes back to back
+        self.setup_prompts(s.history_separator)
         self.item_text_ids = [ids[:s.item_text_max_tokens] for ids in
                               self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
         self.preferences = self._preference_answers(dataset, s.preference_field)
@@ -109,8 +89,6 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
         self.gct_lambda_sem = s.gct_lambda_sem
         self.gct_lambda_beh = s.gct_lambda_beh
         self.gct_tau = s.gct_temperature
-        self.task_ratio = dict(s.aux_task_ratio or {})
-        self.loss_weights = dict(s.task_loss_weights or {})
         if self.task_ratio.get("preference") and self.preferences is None:
             self.logger.warning("the preference task is off: no preference_field names the .item "
                                 "field it summarises (set preference_field, or "
@@ -118,35 +96,7 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
         self.annealing = False
         # saved with the weights: a checkpoint says which structure it needs
         self.register_buffer("annealed", torch.tensor(False))
-        self.rng = np.random.default_rng(s.seed)
         self._check_lengths()
-
-    @classmethod
-    def check_settings(cls, final: dict) -> None:
-        """Before any data loads: tasks, their loss weights and templates; and
-        with full ranking, metric cut-offs within ``num_beams`` (beam search
-        ranks that many items; beyond it, ties in id order)."""
-        mode = (final.get("eval_args") or {}).get("mode", "full")
-        modes = set(mode.values()) if isinstance(mode, dict) else {mode}
-        topk = final.get("topk") or []
-        topk = [topk] if isinstance(topk, int) else topk
-        if "full" in modes and topk and max(topk) > final["num_beams"]:
-            raise InputError(f"topk {list(topk)} goes past num_beams={final['num_beams']}: beam "
-                             f"search ranks only num_beams items; set num_beams >= {max(topk)}")
-        ratios = final.get("aux_task_ratio") or {}
-        weights = final.get("task_loss_weights") or {}
-        unknown = (set(ratios) | set(weights)) - set(TASK_SLOTS)
-        if unknown:
-            raise InputError(f"unknown task(s) {sorted(unknown)} in aux_task_ratio / "
-                             f"task_loss_weights (tasks: {', '.join(TASK_SLOTS)})")
-        for task in ["seqrec", *(t for t, r in ratios.items() if r)]:
-            if task not in weights:
-                raise InputError(f"task_loss_weights has no weight for task '{task}'")
-        for task, slot in TASK_SLOTS.items():
-            texts = final.get(f"{task}_template")
-            for text in [texts] if isinstance(texts, str) else texts or []:
-                if not isinstance(text, str) or text.count("{" + slot + "}") != 1:
-                    raise InputError(f"{task}_template {text!r} must hold {{{slot}}} exactly once")
 
     # ------------------------------------------------------------------ index
     def _build_index(self, sem, beh, cache, dataset) -> ItemIndex:
@@ -170,8 +120,7 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
     def _check_lengths(self) -> None:
         """Every task's longest sequence fits ``llm_max_prompt_tokens`` (checked
         before training: prompts are never cut)."""
-        codes = max(len(self.index.token_ids(i)) for i in range(1, self.n_items))
-        history = self.max_seq_length * codes + (self.max_seq_length - 1) * len(self.separator_ids)
+        codes, history = self.code_length(), self.history_length()
         text = self.settings.item_text_max_tokens
         if self.preferences is not None:
             values = {v for vs in self.preferences for v in vs}
@@ -184,15 +133,7 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
                 "preference": history}
         answer = {"seqrec": codes + 1, "item2index": codes, "index2item": text + 1,
                   "preference": preference}  # seqrec: [CON] after the codes
-        for task, group in self.templates.items():
-            if task != "seqrec" and not self.task_ratio.get(task):
-                continue
-            fixed = max(len(t.fill([])) for t in group)
-            need = fixed + slot[task] + answer[task]
-            if need > self.max_prompt:
-                raise InputError(f"EAGERLLM's {task} sequences take up to {need} tokens (template "
-                                 f"{fixed}, {slot[task]} in its slot, answer {answer[task]}), over "
-                                 f"llm_max_prompt_tokens={self.max_prompt}: raise it")
+        self.check_task_lengths(slot, answer)
 
     def _preference_answers(self, dataset, field):
         """Per item, its values of ``preference_field`` (e.g. categories, genre),
@@ -210,43 +151,20 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
                   if n > self.settings.preference_exclude_share * (len(values) - 1)}
         return [[v for v in item_values if v not in common] for item_values in values]
 
-    # --------------------------------------------------------------- prompts
-    def _history_ids(self, seq, length) -> list:
-        """The items' code tokens, in order, the separator between two items."""
-        out = []
-        for n, item in enumerate(seq[:length]):
-            if n:
-                out += self.separator_ids
-            out += self.index.token_ids(int(item))
-        return out
-
-    def _template(self, task: str, training: bool) -> Template:
-        """At inference the task's first template, in training one drawn per row."""
-        group = self.templates[task]
-        return group[int(self.rng.integers(len(group)))] if training and len(group) > 1 \
-            else group[0]
-
-    def history_prompts(self, item_seq, item_len, training: bool = False) -> list:
-        """Next-item prompts (token ids) of a batch of histories."""
-        seqs, lens = item_seq.tolist(), item_len.tolist()
-        return [self._template("seqrec", training).fill(self._history_ids(s, n))
-                for s, n in zip(seqs, lens)]
-
+    # --------------------------------------------------------------- samples
     def _aux_samples(self, item_seq, item_len, targets):
         """Index <-> text reconstruction and preference understanding rows."""
         prompts, answers, tasks = [], [], []
         n = len(targets)
         items = targets.tolist()
-        for task, ratio in self.task_ratio.items():
-            count = int(math.ceil(ratio * n)) if ratio > 0 else 0
-            rows = self.rng.choice(n, size=min(count, n), replace=False) if count else []
-            for r in rows:
+        for task in self.task_ratio:
+            for r in self.aux_rows(n, task):
                 item = items[r]
                 if task == "item2index":
-                    prompts.append(self._template(task, True).fill(self.item_text_ids[item]))
+                    prompts.append(self.template(task, True).fill(self.item_text_ids[item]))
                     answers.append(self.index.token_ids(item))
                 elif task == "index2item":
-                    prompts.append(self._template(task, True).fill(self.index.token_ids(item)))
+                    prompts.append(self.template(task, True).fill(self.index.token_ids(item)))
                     answers.append(self.item_text_ids[item] + [self.eos_id])
                 elif task == "preference":
                     if self.preferences is None:
@@ -261,7 +179,7 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
                         continue
                     top = sorted(counts, key=lambda v: (-counts[v], v))[:2]
                     answer = self.tokenizer(", ".join(top), add_special_tokens=False)["input_ids"]
-                    prompts.append(self._template(task, True).fill(self._history_ids(history, length)))
+                    prompts.append(self.template(task, True).fill(self.history_ids(history, length)))
                     answers.append(answer + [self.eos_id])
                 else:
                     continue
@@ -290,7 +208,7 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
             if suffixes is not None:
                 suffixes = suffixes + [[] for _ in aux_prompts]
         device = self.item_codes.device
-        batch = training_batch(prompts, answers, self.pad_id, self.max_prompt, suffixes,
+        batch = training_batch(prompts, answers, self.pad_id, self.settings.llm_max_prompt_tokens, suffixes,
                                dtype=self.llm.dtype).to(device)
         loss, hidden = self.task_loss(batch, tasks)
         if use_gct:
@@ -307,20 +225,6 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
                     self.beh_proj(h_con), self.beh_emb[targets], self.gct_tau, targets,
                     self.beh_emb[negatives], negatives)
         return loss
-
-    def task_loss(self, batch, tasks: list):
-        """Sum over tasks of ``task_loss_weights[task]`` x the task's mean token loss:
-        pooled over tokens, a 49-token text answer would outweigh a 4-code
-        recommendation answer; ``(loss, last hidden states)``."""
-        logits, target, (rows, cols), hidden = answer_logits(self.llm, batch)
-        token_loss = F.cross_entropy(logits, target, reduction="none")
-        names = sorted(set(tasks))
-        task_of_seq = torch.as_tensor([names.index(t) for t in tasks], device=token_loss.device)
-        task_of_token = task_of_seq[batch.owner[rows, cols]]
-        sums = torch.zeros(len(names), device=token_loss.device).index_add(0, task_of_token, token_loss)
-        counts = torch.bincount(task_of_token, minlength=len(names)).clamp(min=1)
-        weights = torch.as_tensor([float(self.loss_weights[t]) for t in names], device=sums.device)
-        return (weights * sums / counts).sum(), hidden
 
     def _gct_negatives(self, device) -> torch.Tensor:
         """``gct_negatives`` items drawn uniformly (with replacement) per batch."""
@@ -379,37 +283,6 @@ class EAGERLLM(LLMRecommender, SequentialRecommender):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _inference_llm(self):
-        from contextlib import nullcontext
-
         if self.annealing and not self.settings.aat_keep_adapter:
             return self.llm.disable_adapter()
-        return nullcontext()
-
-    # ------------------------------------------------------------- inference
-    @torch.no_grad()
-    def recommend(self, item_seq, item_len, top_k: int = None):
-        """Top items per history by constrained beam search: (items, log-probs)."""
-        items, scores = [], []
-        with self._inference_llm():
-            for start in range(0, len(item_seq), self.beam_batch_size):
-                prompts = self.history_prompts(item_seq[start:start + self.beam_batch_size],
-                                            item_len[start:start + self.beam_batch_size])
-                input_ids, mask = inference_batch(prompts, self.pad_id, self.max_prompt)
-                device = self.item_codes.device
-                i, s = constrained_beam_search(self.llm, input_ids.to(device), mask.to(device),
-                                               self.trie, self.num_beams, top_k)
-                items.append(i)
-                scores.append(s)
-        return torch.cat(items), torch.cat(scores)
-
-    def full_sort_predict(self, interaction):
-        items, scores = self.recommend(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        return to_full_sort_scores(items, scores, self.n_items)
-
-    @torch.no_grad()
-    def predict(self, interaction):
-        """Log-probability of each candidate item's codes (sampled evaluation)."""
-        prompts = self.history_prompts(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        answers = [self.index.token_ids(int(i)) for i in interaction[self.ITEM_ID].tolist()]
-        with self._inference_llm():
-            return answer_logprob(self.llm, prompts, answers, self.pad_id, self.max_prompt)
+        return super()._inference_llm()

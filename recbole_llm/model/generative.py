@@ -1,0 +1,192 @@
+"""The shared base of generative (item-code) recommenders: EAGERLLM, SCRec.
+
+Both turn every item into a few code tokens added to the backbone, train it
+on several prompted tasks (next-item generation first) and recommend by
+constrained beam search over valid codes.  What they share lives here once:
+
+* task templates (several per task, one drawn per training row, the first at
+  inference), checked before data loads with the run's other settings;
+* history prompts: the items' code tokens with a separator between items;
+* the per-task loss: each task's mean token loss times its weight, so long
+  text answers do not outweigh 4-code recommendation answers;
+* inference: beam search into RecBole's full-sort scores, and teacher-forced
+  code log-probabilities for sampled evaluation.
+
+A subclass sets ``TASK_SLOTS`` (task -> its template's slot), builds
+``self.index`` (an ``ItemIndex`` bound to the tokenizer) and calls
+:meth:`setup_prompts` after :meth:`load_llm`.
+"""
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+
+from recbole_llm.errors import InputError
+from recbole_llm.llm.generation import constrained_beam_search, to_full_sort_scores
+from recbole_llm.llm.prompts import (Template, answer_logits, answer_logprob, inference_batch)
+from recbole_llm.model.abstract import LLMRecommender
+
+
+def as_list(templates) -> list:
+    """A template setting: one text or a list of texts."""
+    return [templates] if isinstance(templates, str) else list(templates or [])
+
+
+class GenerativeRecommender(LLMRecommender, SequentialRecommender):
+    """RecBole sequential model generating the next item's codes; see the module docstring."""
+
+    input_type = InputType.POINTWISE
+    #: task -> the slot its templates fill (``seqrec``: the next-item task, always on)
+    TASK_SLOTS = {"seqrec": "history"}
+
+    # ------------------------------------------------------------- settings
+    @classmethod
+    def check_settings(cls, final: dict) -> None:
+        """Before any data loads: with full ranking, metric cut-offs within
+        ``num_beams`` (beam search ranks that many items; beyond it, ties in id
+        order); known tasks, a loss weight for each task in use, templates with
+        their slot exactly once."""
+        mode = (final.get("eval_args") or {}).get("mode", "full")
+        modes = set(mode.values()) if isinstance(mode, dict) else {mode}
+        topk = final.get("topk") or []
+        topk = [topk] if isinstance(topk, int) else topk
+        if "full" in modes and topk and max(topk) > final["num_beams"]:
+            raise InputError(f"topk {list(topk)} goes past num_beams={final['num_beams']}: beam "
+                             f"search ranks only num_beams items; set num_beams >= {max(topk)}")
+        ratios = final.get("aux_task_ratio") or {}
+        weights = final.get("task_loss_weights") or {}
+        unknown = (set(ratios) | set(weights)) - set(cls.TASK_SLOTS)
+        if unknown:
+            raise InputError(f"unknown task(s) {sorted(unknown)} in aux_task_ratio / "
+                             f"task_loss_weights (tasks: {', '.join(cls.TASK_SLOTS)})")
+        for task in ["seqrec", *(t for t, r in ratios.items() if r)]:
+            if task not in weights:
+                raise InputError(f"task_loss_weights has no weight for task '{task}'")
+        for task, slot in cls.TASK_SLOTS.items():
+            texts = final.get(f"{task}_template")
+            if (task == "seqrec" or ratios.get(task)) and not as_list(texts):
+                raise InputError(f"{task}_template is empty: give at least one template")
+            for text in as_list(texts):
+                if not isinstance(text, str) or text.count("{" + slot + "}") != 1:
+                    raise InputError(f"{task}_template {text!r} must hold {{{slot}}} exactly once")
+
+    def template_texts(self) -> dict:
+        """Each task's template texts, from the settings ``<task>_template``."""
+        return {task: as_list(getattr(self.settings, f"{task}_template"))
+                for task in self.TASK_SLOTS}
+
+    def setup_prompts(self, separator: str) -> None:
+        """Templates and the history separator as token ids (tokenised once)."""
+        self.templates = {task: [Template(self.tokenizer, text, self.TASK_SLOTS[task])
+                                 for text in group]
+                          for task, group in self.template_texts().items() if group}
+        self.separator_ids = self.tokenizer(separator, add_special_tokens=False)["input_ids"] \
+            if separator else []  # "" or None: items' codes back to back
+        self.task_ratio = dict(self.settings.aux_task_ratio or {})
+        self.loss_weights = dict(self.settings.task_loss_weights or {})
+        self.rng = np.random.default_rng(self.settings.seed)
+
+    def code_length(self) -> int:
+        """The most code tokens an item takes."""
+        return max(len(self.index.token_ids(i)) for i in range(1, self.n_items))
+
+    def history_length(self) -> int:
+        """Tokens of the longest history slot."""
+        n = self.max_seq_length
+        return n * self.code_length() + (n - 1) * len(self.separator_ids)
+
+    def check_task_lengths(self, slot: dict, answer: dict) -> None:
+        """Every task's longest sequence (template + its slot + answer) fits
+        ``llm_max_prompt_tokens``, checked before training: prompts are never cut."""
+        limit = self.settings.llm_max_prompt_tokens
+        for task, group in self.templates.items():
+            if task != "seqrec" and not self.task_ratio.get(task):
+                continue
+            fixed = max(len(t.fill([])) for t in group)
+            need = fixed + slot[task] + answer[task]
+            if need > limit:
+                raise InputError(f"{type(self).__name__}'s {task} sequences take up to {need} "
+                                 f"tokens (template {fixed}, {slot[task]} in its slot, answer "
+                                 f"{answer[task]}), over llm_max_prompt_tokens={limit}: raise it")
+
+    # --------------------------------------------------------------- prompts
+    def history_ids(self, seq, length) -> list:
+        """The items' code tokens, in order, the separator between two items."""
+        out = []
+        for n, item in enumerate(seq[:length]):
+            if n:
+                out += self.separator_ids
+            out += self.index.token_ids(int(item))
+        return out
+
+    def template(self, task: str, training: bool) -> Template:
+        """At inference the task's first template, in training one drawn per row."""
+        group = self.templates[task]
+        return group[int(self.rng.integers(len(group)))] if training and len(group) > 1 \
+            else group[0]
+
+    def history_prompts(self, item_seq, item_len, training: bool = False) -> list:
+        """Next-item prompts (token ids) of a batch of histories."""
+        seqs, lens = item_seq.tolist(), item_len.tolist()
+        return [self.template("seqrec", training).fill(self.history_ids(s, n))
+                for s, n in zip(seqs, lens)]
+
+    def aux_rows(self, n: int, task: str) -> np.ndarray:
+        """Batch rows drawn (without replacement) for an auxiliary task: ``aux_task_ratio`` of ``n``."""
+        ratio = self.task_ratio.get(task, 0)
+        count = min(int(np.ceil(ratio * n)), n) if ratio > 0 else 0
+        return self.rng.choice(n, size=count, replace=False) if count else np.zeros(0, dtype=np.int64)
+
+    # ------------------------------------------------------------------ loss
+    def task_loss(self, batch, tasks: list):
+        """Sum over tasks of ``task_loss_weights[task]`` x the task's mean token loss:
+        pooled over tokens, a 49-token text answer would outweigh a 4-code
+        recommendation answer; ``(loss, last hidden states)``."""
+        logits, target, (rows, cols), hidden = answer_logits(self.llm, batch)
+        token_loss = F.cross_entropy(logits, target, reduction="none")
+        names = sorted(set(tasks))
+        task_of_seq = torch.as_tensor([names.index(t) for t in tasks], device=token_loss.device)
+        task_of_token = task_of_seq[batch.owner[rows, cols]]
+        sums = torch.zeros(len(names), device=token_loss.device).index_add(0, task_of_token, token_loss)
+        counts = torch.bincount(task_of_token, minlength=len(names)).clamp(min=1)
+        weights = torch.as_tensor([float(self.loss_weights[t]) for t in names], device=sums.device)
+        return (weights * sums / counts).sum(), hidden
+
+    # ------------------------------------------------------------- inference
+    def _inference_llm(self):
+        """Context the backbone decodes in (EAGER: the annealing adapter on or off)."""
+        return nullcontext()
+
+    @torch.no_grad()
+    def recommend(self, item_seq, item_len, top_k: int = None):
+        """Top items per history by constrained beam search: (items, log-probs)."""
+        items, scores = [], []
+        size = self.settings.beam_batch_size
+        device = self.item_codes.device
+        with self._inference_llm():
+            for start in range(0, len(item_seq), size):
+                prompts = self.history_prompts(item_seq[start:start + size],
+                                               item_len[start:start + size])
+                input_ids, mask = inference_batch(prompts, self.pad_id,
+                                                  self.settings.llm_max_prompt_tokens)
+                i, s = constrained_beam_search(self.llm, input_ids.to(device), mask.to(device),
+                                               self.trie, self.settings.num_beams, top_k)
+                items.append(i)
+                scores.append(s)
+        return torch.cat(items), torch.cat(scores)
+
+    def full_sort_predict(self, interaction):
+        items, scores = self.recommend(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return to_full_sort_scores(items, scores, self.n_items)
+
+    @torch.no_grad()
+    def predict(self, interaction):
+        """Log-probability of each candidate item's codes (sampled evaluation)."""
+        prompts = self.history_prompts(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        answers = [self.index.token_ids(int(i)) for i in interaction[self.ITEM_ID].tolist()]
+        with self._inference_llm():
+            return answer_logprob(self.llm, prompts, answers, self.pad_id,
+                                  self.settings.llm_max_prompt_tokens)
