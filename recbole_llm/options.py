@@ -177,6 +177,8 @@ CHOICES = {
     "llm_api_mode": ("completions", "chat"),
     "index_composition": ("unit", "semantic", "behavior", "random"),
     "index_collision": ("reassign", "extra_code"),
+    "code_collision": ("reassign", "extra_code"),
+    "align_target": ("input_embeddings", "hidden_mean"),
     "aug_decoding": ("constrained", "free"),
     "long_tail_transform": ("log", "linear"),
     "gct_projector": ("linear", "mlp"),

@@ -130,6 +130,8 @@ register("EAGERLLM", "recbole_llm.model.eagerllm.model:EAGERLLM",
          trainer="recbole_llm.model.eagerllm.trainer:EAGERTrainer")
 register("ELCoRec", "recbole_llm.model.elcorec.model:ELCoRec",
          dataset="recbole_llm.data.text:CTRTextDataset")
+register("SCRec", "recbole_llm.model.screc.model:SCRec",
+         dataset="recbole_llm.data.text:SequentialTextDataset")
 register("Llama4Rec", "recbole_llm.model.llama4rec.model:Llama4Rec",
          dataset="recbole_llm.data.text:text_dataset",
          trainer="recbole_llm.model.llama4rec.trainer:Llama4RecTrainer")

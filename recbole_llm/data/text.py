@@ -74,6 +74,18 @@ class ItemTextMixin:
             values[item] = [v.replace("_", " ") for v in value.split(self.config["seq_separator"] or " ") if v]
         return values
 
+    def distinctive_field_values(self, field: str, max_share: float) -> list:
+        """Each item's values of ``field`` less those more than ``max_share`` of all
+        items hold (on Beauty every item is in "Beauty": a value that names
+        every item tells nothing about one)."""
+        values = self.item_field_values(field)
+        counts = {}
+        for item_values in values[1:]:
+            for v in set(item_values):
+                counts[v] = counts.get(v, 0) + 1
+        common = {v for v, n in counts.items() if n > max_share * (len(values) - 1)}
+        return [[v for v in item_values if v not in common] for item_values in values]
+
     def _load_item_texts(self):
         config = self.config
         fields = list(config["item_text_fields"])

@@ -52,6 +52,11 @@ def conventional_config(config, model_name: str, overrides: dict = None):
     return sub
 
 
+# RecBole's form of ``train_neg_sample_args: ~`` once its Config has read it
+NO_SAMPLING = {"distribution": "none", "sample_num": "none", "alpha": "none", "dynamic": False,
+               "candidate_num": 0}
+
+
 def checkpoint_item_embeddings(path: str, n_items: int) -> np.ndarray:
     """``item_embedding.weight`` of a RecBole / recbole-llm checkpoint, loaded weights-only."""
     from recbole_llm.trainer import load_checkpoint
@@ -88,6 +93,9 @@ def train_item_embeddings(config, dataset, model_name: str, epochs: int, overrid
         raise ValueError(f"{model_name} as an embedding source must use loss_type CE "
                          "(no negative sampler is built for it)")
     cache = cache or Cache.from_config(config)
+    # the CE loss ranks every item: no sampler (the plugin model's own, e.g. SCRec's,
+    # is not the embedding model's)
+    overrides["train_neg_sample_args"] = NO_SAMPLING
     sub = conventional_config(config, model_name, overrides)
     key = item_embedding_key(cache, sub, dataset, model_name)
 

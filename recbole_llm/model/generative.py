@@ -39,8 +39,14 @@ class GenerativeRecommender(LLMRecommender, SequentialRecommender):
     """RecBole sequential model generating the next item's codes; see the module docstring."""
 
     input_type = InputType.POINTWISE
-    #: task -> the slot its templates fill (``seqrec``: the next-item task, always on)
+    #: task -> the slot (or slots, in order) its templates fill (``seqrec``: the
+    #: next-item task, always on)
     TASK_SLOTS = {"seqrec": "history"}
+
+    @classmethod
+    def slots(cls, task: str) -> tuple:
+        slot = cls.TASK_SLOTS[task]
+        return (slot,) if isinstance(slot, str) else tuple(slot)
 
     # ------------------------------------------------------------- settings
     @classmethod
@@ -65,13 +71,18 @@ class GenerativeRecommender(LLMRecommender, SequentialRecommender):
         for task in ["seqrec", *(t for t, r in ratios.items() if r)]:
             if task not in weights:
                 raise InputError(f"task_loss_weights has no weight for task '{task}'")
-        for task, slot in cls.TASK_SLOTS.items():
+        for task in cls.TASK_SLOTS:
             texts = final.get(f"{task}_template")
             if (task == "seqrec" or ratios.get(task)) and not as_list(texts):
                 raise InputError(f"{task}_template is empty: give at least one template")
+            slots = cls.slots(task)
             for text in as_list(texts):
-                if not isinstance(text, str) or text.count("{" + slot + "}") != 1:
-                    raise InputError(f"{task}_template {text!r} must hold {{{slot}}} exactly once")
+                marks = ["{" + slot + "}" for slot in slots]
+                at = [text.find(m) for m in marks] if isinstance(text, str) else []
+                if not isinstance(text, str) or any(text.count(m) != 1 for m in marks) \
+                        or at != sorted(at):
+                    raise InputError(f"{task}_template {text!r} must hold "
+                                     f"{' then '.join(marks)} exactly once")
 
     def template_texts(self) -> dict:
         """Each task's template texts, from the settings ``<task>_template``."""
@@ -80,7 +91,7 @@ class GenerativeRecommender(LLMRecommender, SequentialRecommender):
 
     def setup_prompts(self, separator: str) -> None:
         """Templates and the history separator as token ids (tokenised once)."""
-        self.templates = {task: [Template(self.tokenizer, text, self.TASK_SLOTS[task])
+        self.templates = {task: [Template(self.tokenizer, text, *self.slots(task))
                                  for text in group]
                           for task, group in self.template_texts().items() if group}
         self.separator_ids = self.tokenizer(separator, add_special_tokens=False)["input_ids"] \
@@ -99,13 +110,13 @@ class GenerativeRecommender(LLMRecommender, SequentialRecommender):
         return n * self.code_length() + (n - 1) * len(self.separator_ids)
 
     def check_task_lengths(self, slot: dict, answer: dict) -> None:
-        """Every task's longest sequence (template + its slot + answer) fits
+        """Every task's longest sequence (template + its slots + answer) fits
         ``llm_max_prompt_tokens``, checked before training: prompts are never cut."""
         limit = self.settings.llm_max_prompt_tokens
         for task, group in self.templates.items():
             if task != "seqrec" and not self.task_ratio.get(task):
                 continue
-            fixed = max(len(t.fill([])) for t in group)
+            fixed = max(len(t.fill(*[[]] * len(t.slots))) for t in group)
             need = fixed + slot[task] + answer[task]
             if need > limit:
                 raise InputError(f"{type(self).__name__}'s {task} sequences take up to {need} "

@@ -43,6 +43,13 @@ class ResidualQuantizer(nn.Module):
 
     def forward(self, z: torch.Tensor):
         """Returns (quantised z (straight-through), codes [n, levels], loss)."""
+        straight, _, codes, loss = self.quantize(z)
+        return straight, codes, loss
+
+    def quantize(self, z: torch.Tensor):
+        """``(straight-through z_q, z_q as the sum of the chosen code vectors,
+        codes [n, levels], codebook + commitment loss)``; a loss on the second
+        reaches the codebooks (SCRec's alignment loss)."""
         residual, quantised = z, torch.zeros_like(z)
         codes, loss = [], z.new_zeros(())
         for level in range(self.levels):
@@ -57,8 +64,8 @@ class ResidualQuantizer(nn.Module):
             codes.append(idx)
             if self.training:
                 self.usage[level] += torch.bincount(idx, minlength=self.k).float()
-        quantised = z + (quantised - z).detach()
-        return quantised, torch.stack(codes, dim=1), loss
+        straight = z + (quantised - z).detach()
+        return straight, quantised, torch.stack(codes, dim=1), loss
 
     @torch.no_grad()
     def reset_dead_codes(self, z: torch.Tensor) -> int:

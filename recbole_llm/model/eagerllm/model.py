@@ -142,14 +142,7 @@ class EAGERLLM(GenerativeRecommender):
         with it carries no preference."""
         if not field:
             return None
-        values = dataset.item_field_values(field)
-        counts = {}
-        for item_values in values[1:]:
-            for v in set(item_values):
-                counts[v] = counts.get(v, 0) + 1
-        common = {v for v, n in counts.items()
-                  if n > self.settings.preference_exclude_share * (len(values) - 1)}
-        return [[v for v in item_values if v not in common] for item_values in values]
+        return dataset.distinctive_field_values(field, self.settings.preference_exclude_share)
 
     # --------------------------------------------------------------- samples
     def _aux_samples(self, item_seq, item_len, targets):
