@@ -12,9 +12,11 @@ from conftest import save_tiny_pretrained
 from test_eagerllm import TINY_EAGER
 from test_elcorec import TINY_CTR
 from test_llama4rec import TINY
+from test_screc import TINY_SCREC
 
 MODELS = {
     "EAGERLLM": ("beauty-tiny", TINY_EAGER, "ndcg@10"),
+    "SCRec": ("beauty-tiny", TINY_SCREC, "ndcg@10"),
     "Llama4Rec": ("ml-tiny", dict(TINY, base_model="BPR"), "ndcg@5"),
     # short prompts: the pipeline, not the prompt length, is under test here
     "ELCoRec": ("ml-tiny", dict(TINY_CTR, rap_k_similar=2, rap_k_recent=2, item_text_max_tokens=6,

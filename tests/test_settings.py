@@ -10,6 +10,7 @@ from recbole_llm.paths import plugin_file
 from recbole_llm.model.eagerllm.settings import EAGERSettings
 from recbole_llm.model.elcorec.settings import ELCoRecSettings
 from recbole_llm.model.llama4rec.settings import Llama4RecSettings
+from recbole_llm.model.screc.settings import SCRecSettings
 
 
 def _keys(*parts):
@@ -18,7 +19,7 @@ def _keys(*parts):
 
 
 @pytest.mark.parametrize("model,settings", [("EAGERLLM", EAGERSettings), ("ELCoRec", ELCoRecSettings),
-                                            ("Llama4Rec", Llama4RecSettings)])
+                                            ("Llama4Rec", Llama4RecSettings), ("SCRec", SCRecSettings)])
 def test_settings_cover_the_models_yaml(model, settings):
     fields = {f.name for f in dataclasses.fields(settings)}
     recbole = recbole_keys(model)       # RecBole's trainer and data settings, read by RecBole

@@ -70,6 +70,7 @@ class SCRec(GenerativeRecommender):
                 self.cache)
         stage_one = self._tokenize(collab, text_repr)
         self.tokenizer_report = stage_one["report"]
+        self.token_init = stage_one["token_init"]  # code vectors in the LLM's text space
         levels = s.codebook_levels
         prefixes = [f"c{level + 1}" for level in range(levels)]
         if s.code_collision == "extra_code":
@@ -92,25 +93,23 @@ class SCRec(GenerativeRecommender):
         # --- stage-two samples
         self.setup_prompts(s.history_separator)
         self._build_queries(dataset)
-        if self.task_ratio.get("negative") and not self._samples_negatives(config):
-            raise InputError("SCRec's negative task (aux_task_ratio.negative > 0) needs "
-                             "RecBole's sampler: set train_neg_sample_args, e.g. "
-                             "{distribution: uniform, sample_num: 1}")
         self._check_lengths()
 
     @classmethod
     def check_settings(cls, final: dict) -> None:
         super().check_settings(final)
+        sampling = final.get("train_neg_sample_args")
+        samples = isinstance(sampling, dict) and sampling.get("distribution") not in (None, "none")
+        if (final.get("aux_task_ratio") or {}).get("negative") and not samples:
+            raise InputError("SCRec's negative task (aux_task_ratio.negative > 0) needs "
+                             "RecBole's sampler: set train_neg_sample_args, e.g. "
+                             "{distribution: uniform, sample_num: 1}")
         if (final.get("aux_task_ratio") or {}).get("query") and not final.get("preference_field") \
                 and not final.get("prompt_item_field"):
             raise InputError("SCRec's query task needs preference_field (category-like .item "
                              "field) or prompt_item_field (title field): set one in the "
                              "dataset yaml, or aux_task_ratio.query: 0")
 
-    @staticmethod
-    def _samples_negatives(config) -> bool:
-        args = config["train_neg_sample_args"]
-        return isinstance(args, dict) and args.get("distribution", "none") != "none"
 
     # ------------------------------------------------------------ stage one
     @torch.no_grad()
@@ -159,7 +158,7 @@ class SCRec(GenerativeRecommender):
         if len(has_text) < 2 and s.align_weight > 0:
             raise InputError("SCRec's alignment loss needs item texts: set item_text_fields "
                              "(dataset yaml), or align_weight: 0")
-        result = train_alignment_tokenizer(collab[1:], text[1:], s, str(self.device),
+        result = train_alignment_tokenizer(collab[1:], text[1:], s, self.device,
                                            s.show_progress)
         self.cache.save_arrays(key, codes=result["codes"], token_init=result["token_init"])
         self.cache.save_json(key, result["report"])
@@ -243,8 +242,13 @@ class SCRec(GenerativeRecommender):
                         continue
                     rows = [(self.template(task, True).fill(query), self.index.token_ids(item))]
                 elif task == "negative":
-                    history = self.history_ids(item_seq[r].tolist(), int(item_len[r]))
+                    seen = item_seq[r, :int(item_len[r])].tolist()
                     negative = int(negatives[r])
+                    # RecBole's sequential sampler only avoids the target: an item from
+                    # the history would be a false "no"
+                    if negative in seen or negative == item:
+                        continue
+                    history = self.history_ids(seen, len(seen))
                     # the true next item answers yes, RecBole's sampled item no
                     rows = [(self.template(task, True).fill(history, self.index.token_ids(item)),
                              [self.yes_id]),

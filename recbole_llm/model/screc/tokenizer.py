@@ -65,7 +65,7 @@ def reconstruction_error(model: AlignedRQVAE, x: torch.Tensor) -> float:
     return err / max(float(x.var(dim=0).sum() / x.shape[1]), 1e-12)
 
 
-def train_alignment_tokenizer(collab: np.ndarray, text: np.ndarray, s, device: str,
+def train_alignment_tokenizer(collab: np.ndarray, text: np.ndarray, s, device,
                               show_progress: bool = False) -> dict:
     """Codebooks over ``collab`` (items 1..n, no padding row) aligned with
     ``text`` (the same items' LLM text representations).
