@@ -6,7 +6,8 @@ stores the result atomically, so an interrupted benchmark resumes with the
 rows not yet done; a row killed mid-way resumes after its last finished
 epoch (``<row>.last.pth`` and ``<row>.progress.json`` beside its result).
 A model's own report of a pre-trained part (ELCoRec's ``expert_report``: the
-GAT expert's validation AUC) is stored with the row as ``expert``.
+GAT expert's validation AUC; SCRec's ``tokenizer_report``: its codebooks) is
+stored with the row as ``expert`` / ``tokenizer``.
 """
 import json
 import os
@@ -88,6 +89,7 @@ print("RESULT " + json.dumps({"test": {k: float(v) for k, v in test_result.items
                               "train_loss": {int(k): float(v) for k, v in trainer.train_loss_dict.items()},
                               "checkpoint": trainer.saved_model_file,
                               "expert": getattr(trainer.model, "expert_report", None),
+                              "tokenizer": getattr(trainer.model, "tokenizer_report", None),
                               "prepare_s": prep, "fit_s": fit, "eval_s": evaluate,
                               "test_rows": int(test.dataset.inter_num)}))
 """
