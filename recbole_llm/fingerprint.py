@@ -180,3 +180,17 @@ def array_fingerprint(array) -> str:
     h = hashlib.sha256()
     _hash_array(h, array)
     return h.hexdigest()[:24]
+
+
+def module_fingerprint(module) -> str:
+    """Hash of every tensor of a torch module's state (names, dtypes, shapes,
+    values): a model's weights as they are, trained or loaded."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:24]

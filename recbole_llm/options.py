@@ -156,6 +156,12 @@ _RANGES = [
     (r"(num_beams|lora_r|lora_alpha|MAX_ITEM_LIST_LENGTH|index_k|gat_dim|gat_heads|gat_layers"
      r"|it_samples_per_task|llm_epochs|it_holdout_items|item_name_max_tokens"
      r"|prompt_(history|similar|base|candidate)_tokens|llm_max_prompt_tokens)", _at_least(1)),
+    (r"(codebook_(levels|size|dim|hidden|epochs)|num_interests|esim_history_items"
+     r"|esim_max_interests|esim_max_new_tokens|ap_max_iter|hidden_size|attention_hidden"
+     r"|routing_iterations)", _at_least(1)),
+    (r"ap_max_users", _at_least(2)),
+    (r"ap_preference", ((lambda v: True), "any number")),  # AP's similarities are negative
+    (r"ap_damping", _interval(0.5, 1, closed_high=False)),
     (r"rerank_topn", _at_least(2)),
     (r"(.*_)?learning_rate", _POSITIVE),
     (r".*dropout.*", _interval(0, 1, closed_high=False)),
@@ -179,6 +185,7 @@ CHOICES = {
     "index_collision": ("reassign", "extra_code"),
     "code_collision": ("reassign", "extra_code"),
     "align_target": ("input_embeddings", "hidden_mean"),
+    "interest_extractor": ("self_attentive", "routing"),
     "aug_decoding": ("constrained", "free"),
     "long_tail_transform": ("log", "linear"),
     "gct_projector": ("linear", "mlp"),

@@ -132,6 +132,8 @@ register("ELCoRec", "recbole_llm.model.elcorec.model:ELCoRec",
          dataset="recbole_llm.data.text:CTRTextDataset")
 register("SCRec", "recbole_llm.model.screc.model:SCRec",
          dataset="recbole_llm.data.text:SequentialTextDataset")
+register("EIMF", "recbole_llm.model.eimf.model:EIMF",
+         dataset="recbole_llm.data.text:SequentialTextDataset")
 register("Llama4Rec", "recbole_llm.model.llama4rec.model:Llama4Rec",
          dataset="recbole_llm.data.text:text_dataset",
          trainer="recbole_llm.model.llama4rec.trainer:Llama4RecTrainer")

@@ -13,7 +13,6 @@ model or changed data never reads a stale top-K.
     python -m recbole_llm.serving build --checkpoint=saved/SCRec-....pth
     python -m recbole_llm.serving topk --checkpoint=saved/SCRec-....pth --user=A2V5... --k=10
 """
-import hashlib
 import os
 import sys
 import time
@@ -22,23 +21,13 @@ import numpy as np
 import torch
 
 from recbole_llm.errors import InputError
-from recbole_llm.fingerprint import dataset_fingerprint
+from recbole_llm.fingerprint import dataset_fingerprint, module_fingerprint
 from recbole_llm.llm.cache import Cache
 
 # Keys RecBole's Config derives itself: not passed back when a checkpoint's
 # settings rebuild its model.
 _DERIVED = {"MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device", "single_spec", "local_rank",
             "valid_neg_sample_args", "test_neg_sample_args", "config_files", "model", "dataset"}
-
-
-def state_fingerprint(model) -> str:
-    """Hash of every tensor of the model's state (names, dtypes, shapes, values)."""
-    h = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:24]
 
 
 def load_model(checkpoint: str, **overrides):
@@ -75,7 +64,7 @@ class TopKCache:
         self.model, self.dataset = model, dataset
         self.k = s.num_beams
         self.cache = cache or model.cache
-        self.key = self.cache.key("serving-topk", model=state_fingerprint(model),
+        self.key = self.cache.key("serving-topk", model=module_fingerprint(model),
                                   settings=s.key_parts(memo_dir=self.cache.root),
                                   data=dataset_fingerprint(dataset), k=self.k,
                                   history=model.max_seq_length)

@@ -21,3 +21,13 @@ def set_cpu_threads(n: int) -> None:
         torch.set_num_interop_threads(n)
     except RuntimeError:
         pass  # already fixed once parallel work has started
+
+
+def forked_rng(device):
+    """A context after which torch's random state (the accelerator's too) is as
+    before: a cached stage and a computed one leave the same state behind, so
+    a run's later draws do not depend on what the cache held."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return torch.random.fork_rng(devices=[])
+    return torch.random.fork_rng(devices=[device.index or 0], device_type=device.type)

@@ -166,6 +166,19 @@ class GenerativeRecommender(LLMRecommender, SequentialRecommender):
         weights = torch.as_tensor([float(self.loss_weights[t]) for t in names], device=sums.device)
         return (weights * sums / counts).sum(), hidden
 
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """Weights trained on other item codes would decode to other items: a
+        checkpoint whose ``item_codes`` differ from the index built here (its
+        stage was recomputed differently, or other settings) is refused."""
+        codes = state_dict.get("item_codes")
+        if codes is not None and hasattr(self, "item_codes") and (
+                codes.shape != self.item_codes.shape or not torch.equal(
+                    codes.to(self.item_codes.device), self.item_codes)):
+            raise ValueError(f"the checkpoint's item codes differ from this {type(self).__name__}'s "
+                             "index (the index was rebuilt differently: a cleared cache, other "
+                             "settings or data); its weights would recommend other items")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     # ------------------------------------------------------------- inference
     def _inference_llm(self):
         """Context the backbone decodes in (EAGER: the annealing adapter on or off)."""

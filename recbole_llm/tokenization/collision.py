@@ -59,7 +59,8 @@ def reassign_last_level(codes: np.ndarray, k: int, preference: np.ndarray = None
         if free is None:
             raise ValueError(
                 f"cannot reassign item {i}: all {k} last-level codes under prefix {parent} are "
-                "taken; use collision: extra_code, or a larger k")
+                "taken; use extra_code collision handling (index_collision / code_collision: "
+                "extra_code), or a larger k")
         codes[i, -1] = free
         taken.add(free)
     return codes

@@ -22,6 +22,7 @@ from recbole_llm.fingerprint import dataset_fingerprint
 from recbole_llm.model.elcorec.row_graph import RowGATExpert, RowGraphs
 from recbole_llm.model.elcorec.settings import GATSettings
 from recbole_llm.model.elcorec.user_graph import UserGATExpert, build_hetero_graph
+from recbole_llm.utils import forked_rng
 
 
 @dataclasses.dataclass
@@ -156,9 +157,7 @@ def pretrained_expert(dataset, timeline, s: GATSettings, seed: int, cache,
     # the random state after this is the same whether the expert was trained or read
     # (the accelerator's generator too: manual_seed reseeds it)
     device = torch.device(device)
-    fork = torch.random.fork_rng(devices=[]) if device.type == "cpu" else \
-        torch.random.fork_rng(devices=[device.index or 0], device_type=device.type)
-    with fork:
+    with forked_rng(device):
         arrays = cache.get_or_compute_arrays(expert_key(cache, s, seed, dataset), compute)
         expert = build_expert(dataset, timeline, s, device)
     expert.load_state_dict({k[len("state."):]: torch.as_tensor(v)

@@ -38,6 +38,7 @@ from recbole_llm.model.generative import GenerativeRecommender
 from recbole_llm.model.screc.settings import SCRecSettings
 from recbole_llm.model.screc.tokenizer import train_alignment_tokenizer
 from recbole_llm.tokenization import ItemIndex
+from recbole_llm.utils import forked_rng
 
 
 class SCRec(GenerativeRecommender):
@@ -54,21 +55,34 @@ class SCRec(GenerativeRecommender):
         super().__init__(config, dataset)
         s = self.read_settings(config)
 
-        # --- the backbone, before any code token: the items' text representations
+        # --- the backbone, before any code token; checks before the long stages
         texts = dataset.item_texts()
         corpus = [t for t in texts if t] + [t for group in self.template_texts().values()
                                            for t in group] + [s.history_separator or ""]
         llm, _, _ = self.load_llm(corpus)
-        self.item_text_ids = [ids[:s.item_text_max_tokens] for ids in
-                              self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        text_repr = self.text_representations(llm)
+        llm.to(self.device)
+        full = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        self.item_text_ids = [ids[:s.item_text_max_tokens] for ids in full]
+        cut = sum(1 for ids in full[1:] if len(ids) > s.item_text_max_tokens)
+        if cut:
+            self.logger.info(f"item texts: the first {s.item_text_max_tokens} tokens "
+                             f"(item_text_max_tokens) of {cut} of {len(full) - 1} longer texts")
+        self.setup_prompts(s.history_separator)
+        self._build_queries(dataset)
+        self._check_lengths(s.codebook_levels + (s.code_collision == "extra_code"))
 
-        # --- stage one: alignment tokenization (cached)
-        collab = checkpoint_item_embeddings(s.behavior_checkpoint, dataset.item_num) \
-            if s.behavior_checkpoint else train_item_embeddings(
-                config, dataset, s.behavior_model, s.behavior_epochs, s.behavior_model_args,
-                self.cache)
-        stage_one = self._tokenize(collab, text_repr)
+        # --- stage one: alignment tokenization (cached; the random state after it is
+        # the same whether it was computed or read)
+        with forked_rng(self.device):
+            text_repr = self.text_representations(llm)
+            if s.align_weight > 0 and (np.abs(text_repr[1:]).sum(1) > 0).sum() < 2:
+                raise InputError("SCRec's alignment loss needs item texts: set item_text_fields "
+                                 "(dataset yaml), or align_weight: 0")
+            collab = checkpoint_item_embeddings(s.behavior_checkpoint, dataset.item_num) \
+                if s.behavior_checkpoint else train_item_embeddings(
+                    config, dataset, s.behavior_model, s.behavior_epochs, s.behavior_model_args,
+                    self.cache)
+            stage_one = self._tokenize(collab, text_repr)
         self.tokenizer_report = stage_one["report"]
         self.token_init = stage_one["token_init"]  # code vectors in the LLM's text space
         levels = s.codebook_levels
@@ -76,7 +90,8 @@ class SCRec(GenerativeRecommender):
         if s.code_collision == "extra_code":
             prefixes.append("x")
         self.index = ItemIndex.build(stage_one["codes"], collision=s.code_collision,
-                                     k=s.codebook_size, prefixes=prefixes)
+                                     k=s.codebook_size, prefixes=prefixes,
+                                     preference=stage_one["preference"])
         self.register_buffer("item_codes", torch.as_tensor(self.index.codes))
         self.logger.info(f"SCRec codebooks: {_report_line(self.tokenizer_report)}")
 
@@ -90,10 +105,9 @@ class SCRec(GenerativeRecommender):
         self.trie = self.index.bind(self.tokenizer)
         self.tune_llm(llm, code_ids + answer_ids)
 
-        # --- stage-two samples
+        # --- stage-two samples: templates again, with the new tokens in the vocabulary
         self.setup_prompts(s.history_separator)
         self._build_queries(dataset)
-        self._check_lengths()
 
     @classmethod
     def check_settings(cls, final: dict) -> None:
@@ -117,7 +131,7 @@ class SCRec(GenerativeRecommender):
         """``[n_items, hidden]``: each item's text as the LLM sees it, the
         alignment target: the mean of its tokens' input embeddings, or of the
         backbone's last hidden states over them (``align_target``).  Items
-        without text get zeros and take no part in the alignment."""
+        without text get zeros and take no part in the alignment loss."""
         s = self.settings
         device = next(llm.parameters()).device
         out = np.zeros((self.n_items, llm.config.hidden_size), dtype=np.float32)
@@ -152,15 +166,11 @@ class SCRec(GenerativeRecommender):
                              collab=array_fingerprint(collab), text=array_fingerprint(text))
         if self.cache.has_arrays(key) and self.cache.has_json(key):
             arrays = self.cache.load_arrays(key)
-            return {"codes": arrays["codes"], "token_init": arrays["token_init"],
-                    "report": self.cache.load_json(key)}
-        has_text = np.flatnonzero(np.abs(text[1:]).sum(1) > 0)
-        if len(has_text) < 2 and s.align_weight > 0:
-            raise InputError("SCRec's alignment loss needs item texts: set item_text_fields "
-                             "(dataset yaml), or align_weight: 0")
+            return dict(arrays, report=self.cache.load_json(key))
         result = train_alignment_tokenizer(collab[1:], text[1:], s, self.device,
                                            s.show_progress)
-        self.cache.save_arrays(key, codes=result["codes"], token_init=result["token_init"])
+        self.cache.save_arrays(key, codes=result["codes"], token_init=result["token_init"],
+                               preference=result["preference"])
         self.cache.save_json(key, result["report"])
         return result
 
@@ -202,9 +212,11 @@ class SCRec(GenerativeRecommender):
             out += words[w]
         return out
 
-    def _check_lengths(self) -> None:
-        """Every task's longest sequence fits ``llm_max_prompt_tokens``."""
-        codes, history = self.code_length(), self.history_length()
+    def _check_lengths(self, codes: int) -> None:
+        """Every task's longest sequence fits ``llm_max_prompt_tokens`` (``codes``
+        tokens per item)."""
+        n = self.max_seq_length
+        history = n * codes + (n - 1) * len(self.separator_ids)
         text = self.settings.item_text_max_tokens
         q = self.settings.query_title_words
         query = max(len(head) + sum(sorted(len(w) for w in words)[-q:] if q else [])

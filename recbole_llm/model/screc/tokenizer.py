@@ -36,12 +36,18 @@ class AlignedRQVAE(nn.Module):
                         s.codebook_hidden, s.codebook_beta)
         self.align = nn.Linear(s.codebook_dim, text_dim)
 
-    def losses(self, x: torch.Tensor, text: torch.Tensor, ids: torch.Tensor, temperature: float):
-        """``(reconstruction, quantisation, alignment)`` losses of a batch."""
+    def losses(self, x: torch.Tensor, text: torch.Tensor, ids: torch.Tensor, temperature: float,
+               has_text: torch.Tensor = None):
+        """``(reconstruction, quantisation, alignment)`` losses of a batch; the
+        alignment over the rows with text (``has_text``), ``ids`` naming equal
+        texts (never each other's negatives)."""
         z = self.rq.encoder(x)
         straight, raw, _, q_loss = self.rq.quantizer.quantize(z)
         recon = nn.functional.mse_loss(self.rq.decoder(straight), x)
-        align = info_nce(self.align(raw), text, temperature, ids)
+        rows = has_text if has_text is not None else slice(None)
+        projected, keys, key_ids = self.align(raw)[rows], text[rows], ids[rows]
+        align = info_nce(projected, keys, temperature, key_ids) if len(keys) > 1 \
+            else raw.sum() * 0.0
         return recon, q_loss, align
 
     @torch.no_grad()
@@ -71,8 +77,9 @@ def train_alignment_tokenizer(collab: np.ndarray, text: np.ndarray, s, device,
     ``text`` (the same items' LLM text representations).
 
     Returns ``codes`` [n, levels] (raw: collisions not yet resolved),
-    ``token_init`` [levels, k, text_dim] (code vectors in the text space) and
-    ``report``: per-epoch losses, reconstruction error, code usage per level,
+    ``token_init`` [levels, k, text_dim] (code vectors in the text space),
+    ``preference`` [n, k] (last-level codes nearest first, for reassigning
+    collisions) and ``report``: per-epoch losses, reconstruction error, code usage per level,
     collision rate, dead codes reset."""
     gen = torch.Generator().manual_seed(s.seed)
     torch.manual_seed(s.seed)
@@ -81,7 +88,12 @@ def train_alignment_tokenizer(collab: np.ndarray, text: np.ndarray, s, device,
     # (SASRec's starts at std 0.02), and codebooks fitted to a tiny spread collapse
     collab = (collab - collab.mean(0)) / np.maximum(collab.std(0), 1e-8)
     x = torch.as_tensor(collab, device=device)
-    t = torch.as_tensor(np.asarray(text, dtype=np.float32), device=device)
+    text = np.asarray(text, dtype=np.float32)
+    t = torch.as_tensor(text, device=device)
+    has_text = torch.as_tensor(np.abs(text).sum(1) > 0, device=device)
+    # items with the same text share an id: an equal text is not a negative
+    _, same = np.unique(text, axis=0, return_inverse=True)
+    text_ids = torch.as_tensor(same.reshape(-1), device=device)
     model = AlignedRQVAE(x.shape[1], t.shape[1], s).to(device)
     with torch.no_grad():
         model.rq.quantizer.init_from_kmeans(model.rq.encoder(x), seed=s.seed)
@@ -93,7 +105,8 @@ def train_alignment_tokenizer(collab: np.ndarray, text: np.ndarray, s, device,
         sums, n = np.zeros(3), 0
         for start in range(0, len(x), s.codebook_batch_size):
             rows = order[start:start + s.codebook_batch_size]
-            recon, q_loss, align = model.losses(x[rows], t[rows], rows, s.align_temperature)
+            recon, q_loss, align = model.losses(x[rows], t[rows], text_ids[rows],
+                                                s.align_temperature, has_text[rows])
             loss = recon + q_loss + s.align_weight * align
             optim.zero_grad()
             loss.backward()
@@ -112,6 +125,11 @@ def train_alignment_tokenizer(collab: np.ndarray, text: np.ndarray, s, device,
     with torch.no_grad():
         z = model.rq.encoder(x)
         _, raw, _, _ = model.rq.quantizer.quantize(z)
+        # last-level codes by distance to each item's last residual: where a
+        # colliding item is moved (nearest free code first)
+        books = model.rq.quantizer.codebooks
+        residual = z - (raw - books[-1][torch.as_tensor(codes[:, -1], device=z.device)])
+        preference = torch.cdist(residual, books[-1]).argsort(dim=1).cpu().numpy()
         scale = t.norm(dim=1).mean() / model.align(raw).sub(model.align.bias).norm(dim=1).mean()
         token_init = (model.code_embeddings() * scale).cpu().numpy()
     report = {
@@ -122,4 +140,4 @@ def train_alignment_tokenizer(collab: np.ndarray, text: np.ndarray, s, device,
         "dead_codes_reset": int(resets),
         "epochs": history,
     }
-    return {"codes": codes, "token_init": token_init, "report": report}
+    return {"codes": codes, "token_init": token_init, "preference": preference, "report": report}

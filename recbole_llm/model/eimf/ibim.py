@@ -1,0 +1,94 @@
+"""EIMF's Implicit Behavioural Interest Module: K interest vectors per user.
+
+Two extractors, as in ComiRec:
+
+* ``routing`` (ComiRec-DR / MIND): behaviour-to-interest dynamic routing; the
+  item embeddings, mapped by one shared bilinear map, are routed to K capsules
+  for ``routing_iterations`` rounds (coupling logits start at zero, seeded
+  noise breaks the tie) and squashed.
+* ``self_attentive`` (ComiRec-SA): K attention heads over the position-aware
+  item embeddings, ``A = softmax(W2 tanh(W1 H^T))``, interests ``A H``.
+
+Padding positions never take part.  All that serving needs is here: the
+interests of a history and the item table.
+"""
+import torch
+import torch.nn as nn
+
+EXTRACTORS = ("routing", "self_attentive")
+
+
+def squash(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    norm2 = (x ** 2).sum(dim, keepdim=True)
+    return norm2 / (1 + norm2) * x / torch.sqrt(norm2 + 1e-9)
+
+
+class DynamicRouting(nn.Module):
+    def __init__(self, hidden: int, k: int, iterations: int):
+        super().__init__()
+        self.k, self.iterations = k, iterations
+        self.bilinear = nn.Linear(hidden, hidden, bias=False)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        u = self.bilinear(h)                                      # [B, L, H]
+        logits = torch.zeros(h.shape[0], self.k, h.shape[1], device=h.device, dtype=h.dtype)
+        if self.training:  # noise breaks the symmetry of identical capsules (MIND)
+            logits = logits + torch.randn_like(logits)
+        u_detached = u.detach()
+        for it in range(self.iterations):
+            w = logits.masked_fill(~mask[:, None, :], float("-inf")).softmax(dim=1)
+            w = w.masked_fill(~mask[:, None, :], 0.0)
+            last = it == self.iterations - 1
+            caps = squash(w @ (u if last else u_detached))        # [B, K, H]
+            if not last:
+                logits = logits + caps @ u_detached.transpose(1, 2)
+        return caps
+
+
+class SelfAttentive(nn.Module):
+    def __init__(self, hidden: int, k: int, attention_hidden: int, max_len: int):
+        super().__init__()
+        self.position = nn.Embedding(max_len, hidden)
+        self.w1 = nn.Linear(hidden, attention_hidden, bias=False)
+        self.w2 = nn.Linear(attention_hidden, k, bias=False)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(h.shape[1], device=h.device)
+        x = h + self.position(positions)[None]
+        a = self.w2(torch.tanh(self.w1(x))).transpose(1, 2)       # [B, K, L]
+        a = a.masked_fill(~mask[:, None, :], float("-inf")).softmax(dim=-1)
+        return a @ h                                              # [B, K, H]
+
+
+class IBIM(nn.Module):
+    """Item table + interest extractor; ``interests(seq, len)`` -> ``[B, K, H]``."""
+
+    def __init__(self, n_items: int, hidden: int, k: int, extractor: str, iterations: int,
+                 attention_hidden: int, max_len: int, dropout: float):
+        super().__init__()
+        if extractor not in EXTRACTORS:
+            raise ValueError(f"interest_extractor must be one of {EXTRACTORS}, not {extractor!r}")
+        self.item_embedding = nn.Embedding(n_items, hidden, padding_idx=0)
+        self.dropout = nn.Dropout(dropout)
+        self.extractor = DynamicRouting(hidden, k, iterations) if extractor == "routing" \
+            else SelfAttentive(hidden, k, attention_hidden, max_len)
+        nn.init.normal_(self.item_embedding.weight, std=0.02)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+
+    def interests(self, item_seq: torch.Tensor, item_len: torch.Tensor) -> torch.Tensor:
+        mask = torch.arange(item_seq.shape[1], device=item_seq.device)[None] < item_len[:, None]
+        h = self.dropout(self.item_embedding(item_seq))
+        return self.extractor(h, mask)
+
+    @staticmethod
+    def target_attention(interests: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Training's user vector: the interests weighted by their softmax affinity
+        to the target item (label-aware attention, MIND)."""
+        weights = (interests @ target[..., None]).squeeze(-1).softmax(dim=-1)   # [B, K]
+        return (weights[..., None] * interests).sum(1)
+
+    def full_scores(self, interests: torch.Tensor) -> torch.Tensor:
+        """Serving: each item's best score over the user's interests (ComiRec)."""
+        return (interests @ self.item_embedding.weight.T).max(dim=1).values
+
