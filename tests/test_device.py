@@ -21,12 +21,14 @@ from test_eagerllm import TINY_EAGER
 from test_elcorec import TINY_CTR
 from test_llama4rec import TINY
 from test_screc import TINY_SCREC
+from test_eimf import TINY_EIMF
 
 PACKAGE = os.path.dirname(os.path.abspath(recbole_llm.__file__))
 
 MODELS = {
     "EAGERLLM": ("beauty-tiny", TINY_EAGER, "ndcg@10"),
     "SCRec": ("beauty-tiny", TINY_SCREC, "ndcg@10"),
+    "EIMF": ("beauty-tiny", TINY_EIMF, "ndcg@10"),
     "Llama4Rec": ("ml-tiny", dict(TINY, base_model="BPR"), "ndcg@5"),
     "ELCoRec": ("ml-tiny", dict(TINY_CTR, rap_k_similar=2, rap_k_recent=2, item_text_max_tokens=6,
                                 llm_max_prompt_tokens=256), "auc"),

@@ -11,6 +11,7 @@ from recbole_llm.model.eagerllm.settings import EAGERSettings
 from recbole_llm.model.elcorec.settings import ELCoRecSettings
 from recbole_llm.model.llama4rec.settings import Llama4RecSettings
 from recbole_llm.model.screc.settings import SCRecSettings
+from recbole_llm.model.eimf.settings import EIMFSettings
 
 
 def _keys(*parts):
@@ -19,7 +20,8 @@ def _keys(*parts):
 
 
 @pytest.mark.parametrize("model,settings", [("EAGERLLM", EAGERSettings), ("ELCoRec", ELCoRecSettings),
-                                            ("Llama4Rec", Llama4RecSettings), ("SCRec", SCRecSettings)])
+                                            ("Llama4Rec", Llama4RecSettings), ("SCRec", SCRecSettings),
+                                            ("EIMF", EIMFSettings)])
 def test_settings_cover_the_models_yaml(model, settings):
     fields = {f.name for f in dataclasses.fields(settings)}
     recbole = recbole_keys(model)       # RecBole's trainer and data settings, read by RecBole

@@ -45,7 +45,7 @@ def parse_interests(answer: str, limit: int) -> list:
     parts = lines if len(lines) > 1 else re.split(r"[;,]", answer)
     out = []
     for part in parts:
-        text = _NUMBERING.sub("", part).strip(" .:-\t")
+        text = _NUMBERING.sub("", part).strip(" .:-\t\n\r")
         if text and text not in out:
             out.append(text)
     return out[:limit]

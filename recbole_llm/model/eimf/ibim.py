@@ -2,10 +2,9 @@
 
 Two extractors, as in ComiRec:
 
-* ``routing`` (ComiRec-DR / MIND): behaviour-to-interest dynamic routing; the
-  item embeddings, mapped by one shared bilinear map, are routed to K capsules
-  for ``routing_iterations`` rounds (coupling logits start at zero, seeded
-  noise breaks the tie) and squashed.
+* ``routing`` (ComiRec-DR): behaviour-to-interest dynamic routing; each of
+  the K capsules maps the items by its own matrix, the items are routed to
+  the capsules for ``routing_iterations`` rounds and the capsules squashed.
 * ``self_attentive`` (ComiRec-SA): K attention heads over the position-aware
   item embeddings, ``A = softmax(W2 tanh(W1 H^T))``, interests ``A H``.
 
@@ -24,24 +23,28 @@ def squash(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 class DynamicRouting(nn.Module):
+    """ComiRec-DR: each capsule k maps the items by its own matrix (``u_k|i =
+    W_k e_i``), so capsules differ without random starts; routing logits start
+    at zero and are refined with the capsules' agreement, gradient through the
+    last round only."""
+
     def __init__(self, hidden: int, k: int, iterations: int):
         super().__init__()
         self.k, self.iterations = k, iterations
-        self.bilinear = nn.Linear(hidden, hidden, bias=False)
+        self.maps = nn.Linear(hidden, hidden * k, bias=False)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        u = self.bilinear(h)                                      # [B, L, H]
-        logits = torch.zeros(h.shape[0], self.k, h.shape[1], device=h.device, dtype=h.dtype)
-        if self.training:  # noise breaks the symmetry of identical capsules (MIND)
-            logits = logits + torch.randn_like(logits)
+        b, length, hidden = h.shape
+        u = self.maps(h).view(b, length, self.k, hidden).transpose(1, 2)   # [B, K, L, H]
+        logits = torch.zeros(b, self.k, length, device=h.device, dtype=h.dtype)
         u_detached = u.detach()
         for it in range(self.iterations):
             w = logits.masked_fill(~mask[:, None, :], float("-inf")).softmax(dim=1)
-            w = w.masked_fill(~mask[:, None, :], 0.0)
+            w = w.masked_fill(~mask[:, None, :], 0.0)                      # [B, K, L]
             last = it == self.iterations - 1
-            caps = squash(w @ (u if last else u_detached))        # [B, K, H]
+            caps = squash((w[..., None] * (u if last else u_detached)).sum(2))   # [B, K, H]
             if not last:
-                logits = logits + caps @ u_detached.transpose(1, 2)
+                logits = logits + (u_detached @ caps[..., None]).squeeze(-1)
         return caps
 
 

@@ -71,8 +71,6 @@ class EIMF(LLMRecommender, SequentialRecommender):
     def check_settings(cls, final: dict) -> None:
         if final["esim_prompt"].count("{history}") != 1:
             raise InputError(f"esim_prompt {final['esim_prompt']!r} must hold {{history}} exactly once")
-        if final.get("loss_type", "CE") != "CE":
-            raise InputError("EIMF trains with RecBole's CE loss over all items (loss_type: CE)")
 
     # ------------------------------------------------------------------ ESIM
     def _llm_identity(self, config) -> str:

@@ -1,0 +1,262 @@
+import copy
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import BEAUTY_TINY, build_model, send_json, serve
+from recbole_llm.model.eimf.esim import (affinity_clusters, parse_interests, recent_text,
+                                         semantic_interests)
+from recbole_llm.model.eimf.ibim import IBIM
+
+TINY_EIMF = dict(BEAUTY_TINY, prompt_item_field="title", llm_hidden_size=32, llm_num_layers=1,
+                 llm_num_heads=2, llm_vocab_size=400, MAX_ITEM_LIST_LENGTH=5, epochs=1,
+                 train_batch_size=256, esim_max_new_tokens=12, ap_max_users=100, hidden_size=16,
+                 attention_hidden=32)
+
+
+@pytest.fixture(scope="module")
+def eimf(tmp_path_factory):
+    return build_model(tmp_path_factory, "EIMF", "beauty-tiny", TINY_EIMF)
+
+
+@pytest.mark.parametrize("extractor", ["self_attentive", "routing"])
+def test_k_distinct_interests_that_ignore_padding(extractor):
+    torch.manual_seed(0)
+    ibim = IBIM(50, 16, 4, extractor, 3, 32, 6, 0.0).eval()
+    seq = torch.randint(1, 50, (5, 6))
+    lens = torch.tensor([6, 4, 3, 1, 5])
+    seq[torch.arange(6)[None] >= lens[:, None]] = 0
+    v = ibim.interests(seq, lens)
+    assert v.shape == (5, 4, 16)
+    for row, n in zip(v, lens):  # K different vectors per user with two items or more
+        if n > 1:
+            assert torch.cdist(row, row)[~torch.eye(4, dtype=torch.bool)].min() > 1e-4
+    other = seq.clone()
+    other[1, 4:] = 7  # items past the history's length change nothing
+    assert torch.allclose(ibim.interests(other, lens)[1], v[1], atol=1e-6)
+    scores = ibim.full_scores(v)
+    assert scores.shape == (5, 50)
+    assert torch.allclose(scores, (v @ ibim.item_embedding.weight.T).max(1).values)
+
+
+def test_target_attention_leans_on_the_interest_nearest_the_target():
+    interests = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]) * 5
+    user = IBIM.target_attention(interests, torch.tensor([[1.0, 0.0]]))
+    assert user[0, 0] > 4.9 and user[0, 1] < 0.1
+
+
+def test_affinity_propagation_gives_exemplars_and_assigns_everyone():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 8)) * 6
+    x = centres[np.repeat(np.arange(4), 30)] + rng.normal(size=(120, 8)) * 0.3
+    for max_users in (1000, 40):  # all users clustered, or a sample and the rest joined
+        labels, exemplars, clustered = affinity_clusters(x, None, 0.9, max_users, 500, 0)
+        assert clustered == min(120, max_users)
+        assert len(labels) == 120 and labels.min() >= 0 and labels.max() == len(exemplars) - 1
+        assert all(labels[e] == c for c, e in enumerate(exemplars))
+        # the planted groups are never split across... users of one group share a label
+        for g in range(4):
+            assert len(set(labels[g * 30:(g + 1) * 30])) == 1
+
+
+def test_interest_answers_are_parsed_and_user_texts_keep_the_latest_items():
+    assert parse_interests("1. skin care\n2) hair styling\n- nail art\n", 4) == \
+        ["skin care", "hair styling", "nail art"]
+    assert parse_interests("skin care; lipstick, perfume", 2) == ["skin care", "lipstick"]
+    assert parse_interests("   \n", 3) == []
+    text, kept = recent_text(["old one", "middle", "newest"], lambda t: len(t) <= 14)
+    assert (text, kept) == ("middle; newest", 2)
+    from recbole_llm.errors import InputError
+    with pytest.raises(InputError, match="does not fit"):
+        recent_text(["a very long item name"], lambda t: len(t) < 5)
+
+
+class _Encoder:
+    """Deterministic text vectors (a hash per word), no model."""
+    max_length = 64
+
+    class tokenizer:
+        def __new__(cls, text, add_special_tokens=False):
+            return {"input_ids": text.split()}
+
+    def encode(self, texts, batch_size=64, show_progress=False):
+        out = np.zeros((len(texts), 8), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for w in t.split():
+                out[i, hash(w) % 8] += 1
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+class _CountingClient:
+    identity = "counting"
+
+    def __init__(self):
+        self.prompts = []
+
+    def complete(self, prompts, max_new_tokens=64, temperature=0.0):
+        self.prompts += prompts
+        return [f"interest {len(self.prompts) - len(prompts) + i}\nmore" for i in range(len(prompts))]
+
+
+@dataclasses.dataclass(frozen=True)
+class _ESIM:
+    seed: int = 0
+    esim_history_items: int = 5
+    esim_prompt: str = "History: {history}. Interests:"
+    esim_max_new_tokens: int = 8
+    esim_max_interests: int = 3
+    ap_preference: float = None
+    ap_damping: float = 0.9
+    ap_max_iter: int = 500
+    ap_max_users: int = 1000
+    text_encoder_batch_size: int = 16
+
+
+def test_the_llm_is_asked_once_per_cluster_and_every_user_gets_its_clusters_interests():
+    names = ["pad"] + [f"lipstick{i}" for i in range(10)] + [f"shampoo{i}" for i in range(10)]
+    histories = [np.zeros(0, dtype=np.int64)] + \
+        [np.array([1 + (u % 10), 1 + ((u + 3) % 10)]) for u in range(20)] + \
+        [np.array([11 + (u % 10), 11 + ((u + 3) % 10)]) for u in range(20)] + [np.zeros(0, dtype=np.int64)]
+    client = _CountingClient()
+    out = semantic_interests(histories, names, _ESIM(), _Encoder(), client, lambda p: True)
+    r = out["report"]
+    assert len(client.prompts) == r["llm_calls"] == r["clusters"] == len(out["exemplars"])
+    assert r["users"] == 40 and r["llm_calls_saved"] == 40 - r["clusters"] and r["clusters"] < 40
+    assert out["user_cluster"][0] == -1 and out["user_cluster"][-1] == -1  # no history
+    assert (out["user_cluster"][1:41] >= 0).all() and out["semantic"].shape == (r["clusters"], 8)
+    for c, exemplar in enumerate(out["exemplars"]):  # an exemplar's prompt holds its own items
+        assert out["user_cluster"][exemplar] == c
+        assert all(names[i] in client.prompts[c] for i in histories[exemplar])
+
+
+def test_semantic_interests_come_from_a_served_model_once(tmp_path):
+    """The exemplars' prompts go to an OpenAI-compatible server; a second
+    build reads the cached answers and asks nothing."""
+    from recbole_llm.config import Config
+
+    def answer(handler, n, body):
+        send_json(handler, {"choices": [{"index": i, "text": "skin care\nmakeup"}
+                                        for i in range(len(body["prompt"]))]})
+
+    with serve(answer, max_requests=50) as (url, requests):
+        settings = dict(TINY_EIMF, llm_api_base=url, llm_api_model="served-7b",
+                        llm_cache_dir=str(tmp_path / "cache"))
+        _, _, model, _ = _build(Config, settings, tmp_path)
+        asked = [p for r in requests for p in r["body"]["prompt"]]
+        assert len(asked) == model.esim_report["llm_calls"] > 0
+        assert all(r["body"]["model"] == "served-7b" for r in requests)
+        _build(Config, settings, tmp_path)
+        assert len([p for r in requests for p in r["body"]["prompt"]]) == len(asked)
+
+
+def _build(Config, settings, tmp_path):
+    from recbole_llm.quick_start import build
+
+    return build(Config(model="EIMF", dataset="beauty-tiny", config_dict=settings, argv=[]))
+
+
+def test_alignment_and_semantic_losses_reach_ibim(eimf):
+    _, (train, _, _), model, _ = eimf
+    model = copy.deepcopy(model)
+    model.train()
+    batch = next(iter(train))
+    s = model.settings
+    model.settings = dataclasses.replace(s, align_weight=1.0, semantic_weight=0.0)
+    with_align = model.calculate_loss(batch)
+    model.settings = dataclasses.replace(s, align_weight=0.0, semantic_weight=0.0)
+    plain = model.calculate_loss(batch)
+    model.zero_grad()
+    (with_align - plain).backward()  # the alignment term alone
+    assert model.ibim.extractor.w1.weight.grad.abs().sum() > 0
+    assert model.ibim.item_embedding.weight.grad.abs().sum() > 0
+    assert model.sem_proj.weight.grad.abs().sum() > 0
+    model.settings = dataclasses.replace(s, align_weight=0.0, semantic_weight=1.0)
+    model.zero_grad()
+    (model.calculate_loss(batch) - plain.detach()).backward()
+    assert model.cluster_head.weight.grad.abs().sum() > 0
+    assert model.ibim.extractor.w1.weight.grad.abs().sum() > 0
+
+
+def test_loss_falls(eimf):
+    _, (train, _, _), model, _ = eimf
+    model = copy.deepcopy(model)
+    model.train()
+    batch = next(iter(train))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(60):
+        opt.zero_grad()
+        loss = model.calculate_loss(batch)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.75 * losses[0]
+
+
+def test_serving_uses_ibim_alone(eimf, monkeypatch):
+    """No LLM, text encoder or cluster is touched by prediction, and none is in the checkpoint."""
+    import recbole_llm.llm.backbone as backbone
+    import recbole_llm.llm.client as client
+    import recbole_llm.llm.encoder as encoder
+    import recbole_llm.model.eimf.model as eimf_model
+
+    _, (_, _, test), model, _ = eimf
+    model = copy.deepcopy(model).eval()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("serving touched the LLM side")
+
+    for module, name in [(backbone, "load_backbone"), (client, "client_from_config"),
+                         (encoder.TextEncoder, "encode"), (encoder.TextEncoder, "__init__"),
+                         (eimf_model, "semantic_interests")]:
+        monkeypatch.setattr(module, name, forbidden)
+    model.semantic = model.user_cluster = None  # the clusters are gone too
+    batch = next(iter(test))[0]
+    scores = model.full_sort_predict(batch)
+    assert scores.shape == (len(batch), model.n_items) and torch.isfinite(scores).all()
+    assert torch.isfinite(model.predict(batch)).all()
+    state = model.state_dict()
+    assert "semantic" not in state and "user_cluster" not in state
+    assert not any("llm" in k for k in state)
+
+
+def test_end_to_end_on_ml_tiny(cli, tmp_path):
+    args = ["--model=EIMF", "--dataset=ml-tiny", "--MAX_ITEM_LIST_LENGTH=5", "--epochs=2",
+            "--llm_hidden_size=32", "--llm_num_layers=1", "--llm_num_heads=2",
+            "--llm_vocab_size=400", "--esim_max_new_tokens=8", "--hidden_size=16",
+            "--interest_extractor=routing", "--state=INFO", "--show_progress=False",
+            f"--llm_cache_dir={tmp_path / 'cache'}", "--prompt_item_field=title",
+            f"--data_path={__import__('conftest').DATA}",
+            "--item_text_fields=['title','release_year','genre']",
+            "--load_col={'inter': ['user_id','item_id','rating','timestamp']}"]
+    out = cli(*args, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = out.stdout + out.stderr
+    assert "EIMF ESIM:" in log and "llm_calls_saved" in log
+    line = [l for l in log.splitlines() if "test result" in l][-1]
+    ndcg = float(line.split("'ndcg@10', np.float64(")[1].split(")")[0])
+    assert math.isfinite(ndcg) and 0.0 <= ndcg <= 1.0
+
+
+def test_exemplar_interests_from_a_pretrained_llm_path(tiny_llm_path, tmp_path):
+    """ESIM's LLM step on a saved pretrained-style model folder (``llm_path``);
+    the checkpoint holds IBIM alone and reloads into a fresh model."""
+    from recbole_llm.config import Config
+    from recbole_llm.quick_start import build, run_recbole_llm
+    from recbole_llm.trainer import load_checkpoint
+
+    settings = dict(TINY_EIMF, llm_path=tiny_llm_path, llm_cache_dir=str(tmp_path / "cache"),
+                    checkpoint_dir=str(tmp_path / "saved"))
+    result = run_recbole_llm(model="EIMF", dataset="beauty-tiny", config_dict=settings, argv=[])
+    assert math.isfinite(result["test_result"]["ndcg@10"])
+    state = load_checkpoint(result["saved_model_file"])["state_dict"]
+    assert not any("llm" in k or "lora" in k for k in state)
+    _, _, fresh, trainer = build(Config(model="EIMF", dataset="beauty-tiny", config_dict=settings,
+                                        argv=[]))
+    assert fresh.esim_report["llm_calls"] > 0
+    trainer.load_model_weights(result["saved_model_file"])
+    for name, tensor in fresh.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
