@@ -88,7 +88,8 @@ print("RESULT " + json.dumps({"test": {k: float(v) for k, v in test_result.items
                               "valid_curve": curve,
                               "train_loss": {int(k): float(v) for k, v in trainer.train_loss_dict.items()},
                               "checkpoint": trainer.saved_model_file,
-                              "expert": getattr(trainer.model, "expert_report", None),
+                              "expert": getattr(trainer.model, "expert_report", None)
+                              or getattr(trainer.model, "esim_report", None),
                               "tokenizer": getattr(trainer.model, "tokenizer_report", None),
                               "prepare_s": prep, "fit_s": fit, "eval_s": evaluate,
                               "test_rows": int(test.dataset.inter_num)}))
