@@ -230,10 +230,18 @@ class Config(_RecBoleConfig):
             self.model_class.check_settings(self.final_config_dict)
         if self.final_config_dict.get("behavior_model") and not self.final_config_dict.get(
                 "behavior_checkpoint"):
+            name = self.final_config_dict["behavior_model"]
             try:
-                registry.get_model_class(self.final_config_dict["behavior_model"])
+                behavior = registry.get_model_class(name)
             except ValueError as err:
                 raise InputError(f"option 'behavior_model': {err}") from None
+            # its item table is trained with the CE loss over all items on the
+            # sequential training rows (model/conventional.py)
+            if getattr(behavior, "type", None) != ModelType.SEQUENTIAL:
+                raise InputError(f"option 'behavior_model': {name} is not a sequential model; "
+                                 "its item table is trained with the CE loss on the sequential "
+                                 "training rows (e.g. SASRec, GRU4Rec, BERT4Rec), or give "
+                                 "behavior_checkpoint")
         check_metrics(self)
 
     def _check_options(self, model, dataset, user_files, extra_files=()):

@@ -133,7 +133,8 @@ register("ELCoRec", "recbole_llm.model.elcorec.model:ELCoRec",
 register("SCRec", "recbole_llm.model.screc.model:SCRec",
          dataset="recbole_llm.data.text:SequentialTextDataset")
 register("EIMF", "recbole_llm.model.eimf.model:EIMF",
-         dataset="recbole_llm.data.text:SequentialTextDataset")
+         dataset="recbole_llm.data.text:SequentialTextDataset",
+         trainer="recbole_llm.model.eimf.trainer:EIMFTrainer")
 register("Llama4Rec", "recbole_llm.model.llama4rec.model:Llama4Rec",
          dataset="recbole_llm.data.text:text_dataset",
          trainer="recbole_llm.model.llama4rec.trainer:Llama4RecTrainer")

@@ -142,6 +142,8 @@ PROBES = [
           "unknown task(s) ['item2text']"),
     Probe("template without its slot", opts(EAGER, "--seqrec_template=['The next item is']"), 2,
           "must hold {history} exactly once"),
+    Probe("behaviour model not sequential", opts(EAGER, "--behavior_model=LightGCN"), 2,
+          "LightGCN is not a sequential model"),
     Probe("EIMF prompt without its slot", opts(EAGER, "--model=EIMF", "--esim_prompt=Interests:"),
           2, "must hold {history} exactly once"),
     Probe("EIMF damping out of range", opts(EAGER, "--model=EIMF", "--ap_damping=0.2"), 2,

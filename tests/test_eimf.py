@@ -1,6 +1,8 @@
 import copy
 import dataclasses
 import math
+import os
+import zlib
 
 import numpy as np
 import pytest
@@ -19,7 +21,9 @@ TINY_EIMF = dict(BEAUTY_TINY, prompt_item_field="title", llm_hidden_size=32, llm
 
 @pytest.fixture(scope="module")
 def eimf(tmp_path_factory):
-    return build_model(tmp_path_factory, "EIMF", "beauty-tiny", TINY_EIMF)
+    config, data, model, trainer = build_model(tmp_path_factory, "EIMF", "beauty-tiny", TINY_EIMF)
+    model.prepare_semantics(config, data[0].dataset)  # as EIMFTrainer.fit does
+    return config, data, model, trainer
 
 
 @pytest.mark.parametrize("extractor", ["self_attentive", "routing"])
@@ -86,7 +90,7 @@ class _Encoder:
         out = np.zeros((len(texts), 8), dtype=np.float32)
         for i, t in enumerate(texts):
             for w in t.split():
-                out[i, hash(w) % 8] += 1
+                out[i, zlib.crc32(w.encode()) % 8] += 1
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
 
 
@@ -126,7 +130,8 @@ def test_the_llm_is_asked_once_per_cluster_and_every_user_gets_its_clusters_inte
     assert len(client.prompts) == r["llm_calls"] == r["clusters"] == len(out["exemplars"])
     assert r["users"] == 40 and r["llm_calls_saved"] == 40 - r["clusters"] and r["clusters"] < 40
     assert out["user_cluster"][0] == -1 and out["user_cluster"][-1] == -1  # no history
-    assert (out["user_cluster"][1:41] >= 0).all() and out["semantic"].shape == (r["clusters"], 8)
+    assert (out["user_cluster"][1:41] >= 0).all() and out["semantic"].shape == (r["clusters"], 3, 8)
+    assert (out["semantic_mask"].sum(1) == 2).all()  # "interest N", "more"
     for c, exemplar in enumerate(out["exemplars"]):  # an exemplar's prompt holds its own items
         assert out["user_cluster"][exemplar] == c
         assert all(names[i] in client.prompts[c] for i in histories[exemplar])
@@ -136,6 +141,7 @@ def test_semantic_interests_come_from_a_served_model_once(tmp_path):
     """The exemplars' prompts go to an OpenAI-compatible server; a second
     build reads the cached answers and asks nothing."""
     from recbole_llm.config import Config
+    from recbole_llm.quick_start import build
 
     def answer(handler, n, body):
         send_json(handler, {"choices": [{"index": i, "text": "skin care\nmakeup"}
@@ -144,24 +150,26 @@ def test_semantic_interests_come_from_a_served_model_once(tmp_path):
     with serve(answer, max_requests=50) as (url, requests):
         settings = dict(TINY_EIMF, llm_api_base=url, llm_api_model="served-7b",
                         llm_cache_dir=str(tmp_path / "cache"))
-        _, _, model, _ = _build(Config, settings, tmp_path)
+        config = Config(model="EIMF", dataset="beauty-tiny", config_dict=settings, argv=[])
+        _, (train, _, _), model, _ = build(config)
+        assert not requests  # building the model asks nothing
+        esim = model.prepare_semantics(config, train.dataset)
         asked = [p for r in requests for p in r["body"]["prompt"]]
-        assert len(asked) == model.esim_report["llm_calls"] > 0
+        assert len(asked) == model.esim_report["llm_calls"] == len(esim["exemplars"]) > 0
         assert all(r["body"]["model"] == "served-7b" for r in requests)
-        _build(Config, settings, tmp_path)
+        assert model.semantic_mask.sum(1).max() == 2  # "skin care", "makeup"
+        model.prepare_semantics(config, train.dataset)  # ESIM's cache
+        for name in os.listdir(tmp_path / "cache"):  # without it: the answer cache
+            if name.startswith("eimf-esim"):
+                os.remove(tmp_path / "cache" / name)
+        model.prepare_semantics(config, train.dataset)
         assert len([p for r in requests for p in r["body"]["prompt"]]) == len(asked)
-
-
-def _build(Config, settings, tmp_path):
-    from recbole_llm.quick_start import build
-
-    return build(Config(model="EIMF", dataset="beauty-tiny", config_dict=settings, argv=[]))
 
 
 def test_alignment_and_semantic_losses_reach_ibim(eimf):
     _, (train, _, _), model, _ = eimf
     model = copy.deepcopy(model)
-    model.train()
+    model.eval()  # no dropout: two forward passes differ only by the auxiliary term
     batch = next(iter(train))
     s = model.settings
     model.settings = dataclasses.replace(s, align_weight=1.0, semantic_weight=0.0)
@@ -176,7 +184,7 @@ def test_alignment_and_semantic_losses_reach_ibim(eimf):
     model.settings = dataclasses.replace(s, align_weight=0.0, semantic_weight=1.0)
     model.zero_grad()
     (model.calculate_loss(batch) - plain.detach()).backward()
-    assert model.cluster_head.weight.grad.abs().sum() > 0
+    assert model.sem_head.weight.grad.abs().sum() > 0
     assert model.ibim.extractor.w1.weight.grad.abs().sum() > 0
 
 
@@ -196,31 +204,40 @@ def test_loss_falls(eimf):
     assert losses[-1] < 0.75 * losses[0]
 
 
-def test_serving_uses_ibim_alone(eimf, monkeypatch):
-    """No LLM, text encoder or cluster is touched by prediction, and none is in the checkpoint."""
+def test_serving_uses_ibim_alone(eimf, monkeypatch, tmp_path):
+    """Building a model to predict and predicting touch no LLM, text encoder or
+    cluster, and none of them is in the checkpoint."""
     import recbole_llm.llm.backbone as backbone
     import recbole_llm.llm.client as client
     import recbole_llm.llm.encoder as encoder
     import recbole_llm.model.eimf.model as eimf_model
+    from recbole_llm.config import Config
+    from recbole_llm.quick_start import build
 
-    _, (_, _, test), model, _ = eimf
-    model = copy.deepcopy(model).eval()
+    config, (_, _, test), trained, _ = eimf
 
     def forbidden(*args, **kwargs):
         raise AssertionError("serving touched the LLM side")
 
     for module, name in [(backbone, "load_backbone"), (client, "client_from_config"),
                          (encoder.TextEncoder, "encode"), (encoder.TextEncoder, "__init__"),
-                         (eimf_model, "semantic_interests")]:
+                         (eimf_model, "semantic_interests"), (eimf_model.EIMF, "prepare_semantics")]:
         monkeypatch.setattr(module, name, forbidden)
-    model.semantic = model.user_cluster = None  # the clusters are gone too
+    settings = dict(TINY_EIMF, llm_cache_dir=str(tmp_path / "empty-cache"))
+    _, _, model, _ = build(Config(model="EIMF", dataset="beauty-tiny", config_dict=settings,
+                                  argv=[]))
+    state = trained.state_dict()
+    assert not any(k in state for k in ("semantic", "semantic_mask", "user_cluster"))
+    assert not any("llm" in k for k in state)
+    model.load_state_dict(state)
+    model.eval()
+    assert model.semantic is None and model.user_cluster is None
     batch = next(iter(test))[0]
     scores = model.full_sort_predict(batch)
     assert scores.shape == (len(batch), model.n_items) and torch.isfinite(scores).all()
+    trained.eval()
+    assert torch.equal(scores, trained.full_sort_predict(batch))
     assert torch.isfinite(model.predict(batch)).all()
-    state = model.state_dict()
-    assert "semantic" not in state and "user_cluster" not in state
-    assert not any("llm" in k for k in state)
 
 
 def test_end_to_end_on_ml_tiny(cli, tmp_path):
@@ -254,9 +271,10 @@ def test_exemplar_interests_from_a_pretrained_llm_path(tiny_llm_path, tmp_path):
     assert math.isfinite(result["test_result"]["ndcg@10"])
     state = load_checkpoint(result["saved_model_file"])["state_dict"]
     assert not any("llm" in k or "lora" in k for k in state)
-    _, _, fresh, trainer = build(Config(model="EIMF", dataset="beauty-tiny", config_dict=settings,
-                                        argv=[]))
-    assert fresh.esim_report["llm_calls"] > 0
+    config = Config(model="EIMF", dataset="beauty-tiny", config_dict=settings, argv=[])
+    _, (train, _, _), fresh, trainer = build(config)
+    report = fresh.prepare_semantics(config, train.dataset)["report"]
+    assert report["llm_calls"] > 0 and report["cached"]  # the run's ESIM, from the cache
     trainer.load_model_weights(result["saved_model_file"])
     for name, tensor in fresh.state_dict().items():
         assert torch.equal(tensor, state[name]), name

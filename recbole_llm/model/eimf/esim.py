@@ -70,7 +70,8 @@ def affinity_clusters(x: np.ndarray, preference, damping: float, max_users: int,
             ap.fit(x[sample])
         except ConvergenceWarning:
             raise InputError(f"Affinity Propagation did not converge in {max_iter} iterations: "
-                             "raise ap_damping (towards 0.9) or ap_max_iter") from None
+                             "raise ap_max_iter, ap_damping (up to 0.99) or lower "
+                             "ap_preference") from None
     exemplars = sample[ap.cluster_centers_indices_]
     if len(exemplars) == 0:
         raise InputError("Affinity Propagation found no cluster: change ap_preference")
@@ -89,8 +90,9 @@ def semantic_interests(histories: list, names: list, s, encoder, client, prompt_
                        show_progress: bool = False) -> dict:
     """ESIM over ``histories`` (internal item ids per user, time order; users
     without a history take no part).  Returns ``user_cluster`` [n_users] (-1:
-    no history), ``semantic`` [clusters, dim] (the mean of each cluster's
-    encoded interests), ``exemplars`` (user ids), ``answers`` and ``report``."""
+    no history), ``semantic`` [clusters, esim_max_interests, dim] (each
+    cluster's encoded interests) with ``semantic_mask`` (which are real),
+    ``exemplars`` (user ids), ``answers`` and ``report``."""
     times = {}
     start = time.perf_counter()
     users = [u for u, h in enumerate(histories) if u and len(h)]
@@ -129,26 +131,31 @@ def semantic_interests(histories: list, names: list, s, encoder, client, prompt_
     start = time.perf_counter()
     interests = [parse_interests(a, s.esim_max_interests) for a in answers]
     empty = sum(1 for i in interests if not i)
-    # an answer with no interest in it: the exemplar's own history text stands in (counted)
+    # an answer with no interest in it: the exemplar's own history text stands in
+    # (counted in the report as empty_answers)
     interests = [i or [texts[row]] for i, row in zip(interests, exemplar_rows)]
     flat = [t for group in interests for t in group]
     emb = encoder.encode(flat, batch_size=s.text_encoder_batch_size, show_progress=show_progress)
-    semantic, at = [], 0
-    for group in interests:
-        semantic.append(emb[at:at + len(group)].mean(0))
+    semantic = np.zeros((len(interests), s.esim_max_interests, emb.shape[1]), dtype=np.float32)
+    mask = np.zeros((len(interests), s.esim_max_interests), dtype=bool)
+    at = 0
+    for c, group in enumerate(interests):
+        semantic[c, :len(group)] = emb[at:at + len(group)]
+        mask[c, :len(group)] = True
         at += len(group)
     times["interest_encoding_s"] = time.perf_counter() - start
 
     user_cluster = np.full(len(histories), -1, dtype=np.int64)
     user_cluster[users] = labels
     report = {
-        "users": len(users), "clustered_users": int(clustered), "clusters": len(exemplar_rows),
+        "users": len(users), "clustered_users": int(clustered),
+        "joined_nearest_exemplar": len(users) - int(clustered), "clusters": len(exemplar_rows),
         "llm_calls": len(exemplar_rows), "llm_calls_saved": len(users) - len(exemplar_rows),
         "users_per_call": round(len(users) / len(exemplar_rows), 2),
         "user_texts_shortened": int(shortened), "empty_answers": int(empty),
         "interests_per_cluster": round(len(flat) / len(interests), 2),
         **{k: round(v, 2) for k, v in times.items()},
     }
-    return {"user_cluster": user_cluster, "semantic": np.stack(semantic).astype(np.float32),
+    return {"user_cluster": user_cluster, "semantic": semantic, "semantic_mask": mask,
             "exemplars": np.asarray([users[r] for r in exemplar_rows], dtype=np.int64),
             "answers": answers, "report": report}

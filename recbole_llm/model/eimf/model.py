@@ -10,20 +10,23 @@ What makes it EIMF, and where it lives here:
   self-attentive); trained with target-aware attention over the interests and
   RecBole's cross-entropy over all items; full-sort prediction scores each
   item by its best interest (max over the K).
-* ESIM (``esim.py``, training only): users' training histories as text,
-  embedded by the text encoder, clustered by Affinity Propagation; the LLM
-  (``llm_path``, the small default, or a served model through
+* ESIM (``esim.py``, training only; ``prepare_semantics``, which
+  ``EIMFTrainer.fit`` calls before training): users' training histories as
+  text, embedded by the text encoder, clustered by Affinity Propagation; the
+  LLM (``llm_path``, the small default, or a served model through
   ``llm_api_base``) answers ``esim_prompt`` on each cluster's exemplar only;
-  the encoded interests are shared by the cluster.  Cached under every
-  setting, the training data's content and the LLM's identity.
-* Integration: a modality-alignment InfoNCE between a user's pooled
-  behavioural interests and its cluster's semantic interests (projected into
-  the behavioural space; users of the same cluster are not each other's
-  negatives), and a semantic-prediction task (the user's cluster from its
-  interests), weighted by ``align_weight`` and ``semantic_weight``.
-* Serving uses IBIM alone: ``full_sort_predict`` and ``predict`` touch
-  neither the LLM, nor the text encoder, nor the clusters, which are not
-  part of the checkpoint.
+  the encoded interests are shared by the cluster.  Cached under the settings
+  it reads, the encoder's and the training data's content and the LLM's
+  identity.
+* Integration: a modality-alignment InfoNCE between users' sets of K
+  behavioural interests and their clusters' sets of semantic interests
+  (projected into the interest space; users of the same cluster are not each
+  other's negatives), and a semantic-prediction task (each semantic interest
+  from the behavioural interests mapped into the text space), weighted by
+  ``align_weight`` and ``semantic_weight``.
+* Serving uses IBIM alone: building the model runs no ESIM, and
+  ``full_sort_predict`` and ``predict`` touch neither the LLM, nor the text
+  encoder, nor the clusters, none of which is in the checkpoint.
 """
 import os
 
@@ -34,12 +37,29 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from recbole_llm.errors import InputError
-from recbole_llm.fingerprint import dataset_fingerprint, module_fingerprint
+from recbole_llm.fingerprint import dataset_fingerprint, module_fingerprint, path_fingerprint
 from recbole_llm.model.abstract import LLMRecommender
 from recbole_llm.model.eimf.esim import semantic_interests
 from recbole_llm.model.eimf.ibim import IBIM
 from recbole_llm.model.eimf.settings import EIMFSettings
-from recbole_llm.model.layers import info_nce
+from recbole_llm.utils import forked_rng
+
+# bumped when ESIM's computation changes (its cache then misses)
+ESIM_VERSION = 2
+# settings read only after ESIM (IBIM, the losses): not part of its cache key
+AFTER_ESIM = ("hidden_size", "num_interests", "interest_extractor", "routing_iterations",
+              "attention_hidden", "dropout_prob", "align_weight", "align_temperature",
+              "semantic_weight")
+
+
+def encoder_dim(path) -> int:
+    """The text encoder's output size, read from its config (the encoder is not loaded)."""
+    from transformers import AutoConfig
+
+    from recbole_llm.llm.encoder import default_encoder_path
+
+    return AutoConfig.from_pretrained(path or default_encoder_path(),
+                                      local_files_only=True).hidden_size
 
 
 class EIMF(LLMRecommender, SequentialRecommender):
@@ -55,17 +75,16 @@ class EIMF(LLMRecommender, SequentialRecommender):
         self.ibim = IBIM(self.n_items, s.hidden_size, s.num_interests, s.interest_extractor,
                          s.routing_iterations, s.attention_hidden, self.max_seq_length,
                          s.dropout_prob)
-
-        # ESIM: semantic interests per user cluster (training only, not checkpointed)
-        esim = self._semantic_interests(config, dataset)
-        self.esim_report = esim["report"]
-        self.logger.info(f"EIMF ESIM: {self.esim_report}")
-        self.register_buffer("user_cluster", torch.as_tensor(esim["user_cluster"]),
-                             persistent=False)
-        self.register_buffer("semantic", torch.as_tensor(esim["semantic"]), persistent=False)
-        clusters, text_dim = esim["semantic"].shape
-        self.sem_proj = nn.Linear(text_dim, s.hidden_size)
-        self.cluster_head = nn.Linear(s.hidden_size, clusters)
+        # the integration heads (training only); the text side's size is the encoder's
+        text_dim = encoder_dim(s.text_encoder_path)
+        self.sem_proj = nn.Linear(text_dim, s.hidden_size)   # semantic -> interest space
+        self.sem_head = nn.Linear(s.hidden_size, text_dim)   # interests -> semantic space
+        # ESIM's output, set by prepare_semantics() before training (EIMFTrainer.fit):
+        # never built for prediction, never saved
+        self.register_buffer("user_cluster", None, persistent=False)
+        self.register_buffer("semantic", None, persistent=False)
+        self.register_buffer("semantic_mask", None, persistent=False)
+        self.esim_report = None
 
     @classmethod
     def check_settings(cls, final: dict) -> None:
@@ -82,19 +101,39 @@ class EIMF(LLMRecommender, SequentialRecommender):
             return client_from_config(config).identity
         return "local"
 
+    def prepare_semantics(self, config, dataset) -> dict:
+        """ESIM on the training split, once before training (cached); the random
+        state after it is the same whether it was computed or read."""
+        with forked_rng(self.device):
+            esim = self._semantic_interests(config, dataset)
+        self.esim_report = esim["report"]
+        self.logger.info(f"EIMF ESIM: {self.esim_report}")
+        device = self.ibim.item_embedding.weight.device
+        self.user_cluster = torch.as_tensor(esim["user_cluster"], device=device)
+        self.semantic = torch.as_tensor(esim["semantic"], device=device)
+        self.semantic_mask = torch.as_tensor(esim["semantic_mask"], device=device)
+        return esim
+
     def _semantic_interests(self, config, dataset) -> dict:
+        from recbole_llm.llm.encoder import MAX_LENGTH, default_encoder_path
+
         s, cache = self.settings, self.cache
-        key = cache.key("eimf-esim", settings=s.key_parts(memo_dir=cache.root),
+        encoder_path = s.text_encoder_path or default_encoder_path()
+        # IBIM's and the losses' settings act after ESIM: left out of its key
+        key = cache.key("eimf-esim", version=ESIM_VERSION,
+                        settings=s.key_parts(exclude=AFTER_ESIM, memo_dir=cache.root),
+                        encoder=path_fingerprint(encoder_path, cache.root), max_length=MAX_LENGTH,
                         data=dataset_fingerprint(dataset), llm=self._llm_identity(config))
         if cache.has_arrays(key) and cache.has_json(key):
             arrays = cache.load_arrays(key)
-            return dict(arrays, report=cache.load_json(key))
+            report = dict(cache.load_json(key), cached=True)
+            return dict(arrays, report=report)
         from recbole_llm.llm.client import client_from_config
         from recbole_llm.llm.encoder import TextEncoder
 
         names = self.item_names(dataset, s.prompt_item_field)
         histories = dataset.user_histories()
-        encoder = TextEncoder(s.text_encoder_path, device=self.device)
+        encoder = TextEncoder(encoder_path, device=self.device)
         llm = tokenizer = None
         if not config["llm_api_base"]:
             from recbole_llm.llm.backbone import load_backbone
@@ -115,7 +154,7 @@ class EIMF(LLMRecommender, SequentialRecommender):
         result = semantic_interests(histories, names, s, encoder, client, prompt_fits,
                                     s.show_progress)
         del llm, client, encoder
-        arrays = {k: result[k] for k in ("user_cluster", "semantic", "exemplars")}
+        arrays = {k: result[k] for k in ("user_cluster", "semantic", "semantic_mask", "exemplars")}
         cache.save_arrays(key, **arrays)
         cache.save_json(key, result["report"])
         return dict(arrays, report=result["report"])
@@ -129,17 +168,43 @@ class EIMF(LLMRecommender, SequentialRecommender):
         loss = F.cross_entropy(user @ self.ibim.item_embedding.weight.T, targets)
         if not (s.align_weight or s.semantic_weight):
             return loss
+        if self.semantic is None:
+            raise RuntimeError("EIMF's semantic interests are not prepared: call "
+                               "prepare_semantics(config, train_dataset) first (EIMFTrainer.fit does)")
         clusters = self.user_cluster[interaction[self.USER_ID]]
         known = clusters >= 0
         if known.sum() < 2:
             return loss
-        pooled, clusters = interests[known].mean(1), clusters[known]
+        interests, clusters = interests[known], clusters[known]
+        semantic, mask = self.semantic[clusters], self.semantic_mask[clusters].float()
         if s.align_weight:
-            semantic = self.sem_proj(self.semantic[clusters])
-            loss = loss + s.align_weight * info_nce(pooled, semantic, s.align_temperature, clusters)
+            loss = loss + s.align_weight * self.alignment_loss(interests, semantic, mask, clusters)
         if s.semantic_weight:
-            loss = loss + s.semantic_weight * F.cross_entropy(self.cluster_head(pooled), clusters)
+            loss = loss + s.semantic_weight * self.semantic_prediction_loss(interests, semantic, mask)
         return loss
+
+    def alignment_loss(self, interests, semantic, mask, clusters):
+        """InfoNCE between users' interest sets and semantic interest sets: a pair
+        scores the mean, over the semantic interests (projected into the interest
+        space), of their best cosine with one of the K behavioural interests; a
+        user's own set is the positive, users of other clusters the negatives."""
+        p = F.normalize(self.sem_proj(semantic), dim=-1)             # [B, M, H]
+        v = F.normalize(interests, dim=-1)                           # [B, K, H]
+        best = torch.einsum("bmh,ckh->bcmk", p, v).max(dim=-1).values   # [B, B, M]
+        score = (best * mask[:, None, :]).sum(-1) / mask.sum(-1, keepdim=True)
+        logits = score / self.settings.align_temperature
+        same = clusters[:, None] == clusters[None, :]
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
+        return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
+    def semantic_prediction_loss(self, interests, semantic, mask):
+        """Each semantic interest predicted from the behavioural interests: 1 - the
+        best cosine between it and one interest mapped into the text space."""
+        predicted = F.normalize(self.sem_head(interests), dim=-1)    # [B, K, D]
+        target = F.normalize(semantic, dim=-1)                       # [B, M, D]
+        best = torch.einsum("bmd,bkd->bmk", target, predicted).max(dim=-1).values   # [B, M]
+        return ((1 - best) * mask).sum() / mask.sum()
 
     # ---------------------------------------------------------------- serving
     def full_sort_predict(self, interaction):
