@@ -18,7 +18,7 @@ import os
 import sys
 
 import bench_eagerllm
-from runner import FIRST_SEED, base_ratio, cell, finished_rows, run_row, seeded
+from runner import FIRST_SEED, base_ratio, cell, finished_rows, run_row, run_rows, seeded
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results", "eimf")
@@ -78,16 +78,7 @@ HEADER = ("{data}, leave-one-out by time, full ranking over all items, history 2
 
 
 def main():
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[FIRST_SEED])
-    parser.add_argument("--force", action="store_true")
-    args = parser.parse_args()
-    for name in args.rows:
-        for seed in args.seeds:
-            row(name, args.force, seed)
+    run_rows(ROWS, row)
     for md, names in TABLES.items():
         done = finished_rows(names, OUT)
         if not done:

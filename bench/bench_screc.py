@@ -20,7 +20,7 @@ import sys
 import time
 
 import bench_eagerllm
-from runner import FIRST_SEED, base_ratio, cell, finished_rows, main, run_row, seeded
+from runner import FIRST_SEED, base_ratio, cell, main, run_row, seeded
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results", "screc_beauty")

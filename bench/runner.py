@@ -184,9 +184,8 @@ def cell(result: dict, metric: str) -> str:
     return value
 
 
-def main(rows: dict, run, out_dir: str, table, header: str, md_path: str):
-    """``--rows`` / ``--seeds`` / ``--force`` command line: run rows (each once
-    per seed), print and write the table."""
+def run_rows(rows: dict, run) -> None:
+    """``--rows`` / ``--seeds`` / ``--force`` command line: run rows, each once per seed."""
     import argparse
 
     parser = argparse.ArgumentParser()
@@ -197,6 +196,11 @@ def main(rows: dict, run, out_dir: str, table, header: str, md_path: str):
     for name in args.rows:
         for seed in args.seeds:
             run(name, args.force, seed)
+
+
+def main(rows: dict, run, out_dir: str, table, header: str, md_path: str):
+    """:func:`run_rows`, then print and write the table."""
+    run_rows(rows, run)
     text = header + "\n\n" + table(finished_rows(rows, out_dir)) + "\n"
     print(text)
     with open(md_path, "w") as f:

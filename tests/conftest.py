@@ -32,6 +32,18 @@ BEAUTY_TINY = dict(ML_TINY, load_col={"inter": ["user_id", "item_id", "timestamp
                    item_text_fields=["title", "brand", "categories"])
 
 
+# The same slice on the command line (``cli``): ml-tiny's fields, its item text.
+ML_TINY_ARGS = [f"--data_path={DATA}", "--item_text_fields=['title','release_year','genre']",
+                "--load_col={'inter': ['user_id','item_id','rating','timestamp']}",
+                "--show_progress=False"]
+
+
+def logged_test_metric(log: str, metric: str) -> float:
+    """``metric`` of the last ``test result`` line of a run's log."""
+    line = [l for l in log.splitlines() if "test result" in l][-1]
+    return float(line.split(f"'{metric}', np.float64(")[1].split(")")[0])
+
+
 @pytest.fixture(autouse=True)
 def isolated_run(tmp_path, monkeypatch):
     """RecBole writes log/ and saved/ in the cwd and reads sys.argv as options."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BEAUTY_TINY, build_model, send_json, serve
+from conftest import BEAUTY_TINY, ML_TINY_ARGS, build_model, logged_test_metric, send_json, serve
 from recbole_llm.model.eimf.esim import (affinity_clusters, parse_interests, recent_text,
                                          semantic_interests)
 from recbole_llm.model.eimf.ibim import IBIM
@@ -244,17 +244,14 @@ def test_end_to_end_on_ml_tiny(cli, tmp_path):
     args = ["--model=EIMF", "--dataset=ml-tiny", "--MAX_ITEM_LIST_LENGTH=5", "--epochs=2",
             "--llm_hidden_size=32", "--llm_num_layers=1", "--llm_num_heads=2",
             "--llm_vocab_size=400", "--esim_max_new_tokens=8", "--hidden_size=16",
-            "--interest_extractor=routing", "--state=INFO", "--show_progress=False",
+            "--interest_extractor=routing", "--state=INFO",
             f"--llm_cache_dir={tmp_path / 'cache'}", "--prompt_item_field=title",
-            f"--data_path={__import__('conftest').DATA}",
-            "--item_text_fields=['title','release_year','genre']",
-            "--load_col={'inter': ['user_id','item_id','rating','timestamp']}"]
+            *ML_TINY_ARGS]
     out = cli(*args, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     log = out.stdout + out.stderr
     assert "EIMF ESIM:" in log and "llm_calls_saved" in log
-    line = [l for l in log.splitlines() if "test result" in l][-1]
-    ndcg = float(line.split("'ndcg@10', np.float64(")[1].split(")")[0])
+    ndcg = logged_test_metric(log, "ndcg@10")
     assert math.isfinite(ndcg) and 0.0 <= ndcg <= 1.0
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BEAUTY_TINY, build_model
+from conftest import BEAUTY_TINY, ML_TINY_ARGS, build_model, logged_test_metric
 from recbole_llm.model.screc.tokenizer import AlignedRQVAE, train_alignment_tokenizer
 from recbole_llm.serving import TopKCache, load_model
 
@@ -208,17 +208,14 @@ def test_end_to_end_then_serving_from_the_topk_cache(cli, tmp_path):
             "--behavior_epochs=1", "--codebook_size=8", "--codebook_epochs=10",
             "--code_collision=extra_code", "--llm_hidden_size=32", "--llm_num_layers=1",
             "--llm_num_heads=2", "--llm_vocab_size=400", "--epochs=1", "--train_batch_size=256",
-            "--beam_batch_size=64", "--state=INFO", "--show_progress=False",
+            "--beam_batch_size=64", "--state=INFO",
             f"--llm_cache_dir={tmp_path / 'cache'}", "--preference_field=genre",
-            "--prompt_item_field=title", f"--data_path={__import__('conftest').DATA}",
-            "--item_text_fields=['title','release_year','genre']",
-            "--load_col={'inter': ['user_id','item_id','rating','timestamp']}"]
+            "--prompt_item_field=title", *ML_TINY_ARGS]
     out = cli(*args, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     log = out.stdout + out.stderr
     assert "SCRec codebooks: reconstruction error" in log and "collision rate" in log
-    line = [l for l in log.splitlines() if "test result" in l][-1]
-    ndcg = float(line.split("'ndcg@10', np.float64(")[1].split(")")[0])
+    ndcg = logged_test_metric(log, "ndcg@10")
     assert 0.0 <= ndcg <= 1.0
     checkpoint = next((tmp_path / "saved").glob("SCRec-*.pth"))
 
