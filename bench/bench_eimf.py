@@ -34,10 +34,14 @@ IBIM = dict(EIMF, align_weight=0.0, semantic_weight=0.0)
 SASREC = dict(bench_eagerllm.SASREC)
 ROWS = {
     "sasrec": dict(BEAUTY, **SASREC), "eimf": dict(BEAUTY, **EIMF), "ibim": dict(BEAUTY, **IBIM),
+    # ESIM without an LLM: each exemplar's latest item names stand for its interests (the
+    # small default LLM is random-initialised here, its answers are noise)
+    "eimf_text": dict(BEAUTY, **EIMF, esim_source="history"),
     "ml_sasrec": dict(ML, **SASREC), "ml_eimf": dict(ML, **EIMF), "ml_ibim": dict(ML, **IBIM),
+    "ml_eimf_text": dict(ML, **EIMF, esim_source="history"),
 }
-TABLES = {"eimf_beauty.md": ("sasrec", "eimf", "ibim"),
-          "eimf_ml100k.md": ("ml_sasrec", "ml_eimf", "ml_ibim")}
+TABLES = {"eimf_beauty.md": ("sasrec", "eimf", "ibim", "eimf_text"),
+          "eimf_ml100k.md": ("ml_sasrec", "ml_eimf", "ml_ibim", "ml_eimf_text")}
 
 
 def row(name, force=False, seed=FIRST_SEED):
@@ -60,7 +64,7 @@ def table(results, base_name):
         ratio = f"{base_ratio(r, base, 'ndcg@10'):.2f}x" if base else "-"
         per_k = 1000 * r["eval_s"] / r["test_rows"]
         esim = "-"
-        if name.endswith("eimf") and r.get("expert"):
+        if r.get("expert"):
             e = r["expert"]
             esim = (f"{e['users']}, {e['clusters']}, {e['llm_calls_saved']} "
                     f"({e['users_per_call']} users per call), text {e['user_text_s']} / AP "

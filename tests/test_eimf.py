@@ -108,6 +108,7 @@ class _CountingClient:
 @dataclasses.dataclass(frozen=True)
 class _ESIM:
     seed: int = 0
+    esim_source: str = "llm"
     esim_history_items: int = 5
     esim_prompt: str = "History: {history}. Interests:"
     esim_max_new_tokens: int = 8
@@ -125,7 +126,8 @@ def test_the_llm_is_asked_once_per_cluster_and_every_user_gets_its_clusters_inte
         [np.array([1 + (u % 10), 1 + ((u + 3) % 10)]) for u in range(20)] + \
         [np.array([11 + (u % 10), 11 + ((u + 3) % 10)]) for u in range(20)] + [np.zeros(0, dtype=np.int64)]
     client = _CountingClient()
-    out = semantic_interests(histories, names, _ESIM(), _Encoder(), client, lambda p: True)
+    out = semantic_interests(histories, names, _ESIM(), _Encoder().encode, client, lambda p: True,
+                             lambda t: len(t.split()) <= 62)
     r = out["report"]
     assert len(client.prompts) == r["llm_calls"] == r["clusters"] == len(out["exemplars"])
     assert r["users"] == 40 and r["llm_calls_saved"] == 40 - r["clusters"] and r["clusters"] < 40
@@ -135,6 +137,18 @@ def test_the_llm_is_asked_once_per_cluster_and_every_user_gets_its_clusters_inte
     for c, exemplar in enumerate(out["exemplars"]):  # an exemplar's prompt holds its own items
         assert out["user_cluster"][exemplar] == c
         assert all(names[i] in client.prompts[c] for i in histories[exemplar])
+
+
+def test_history_source_asks_no_llm_and_uses_the_exemplars_items():
+    names = ["pad"] + [f"item{i}" for i in range(10)]
+    histories = [np.zeros(0, dtype=np.int64)] + [np.array([1 + u % 10, 1 + (u + 1) % 10, 1 + (u + 2) % 10])
+                                                  for u in range(12)]
+    client = _CountingClient()
+    out = semantic_interests(histories, names, _ESIM(esim_source="history", esim_max_interests=2),
+                             _Encoder().encode, client, lambda p: True, lambda t: True)
+    assert not client.prompts and out["report"]["llm_prompts_sent"] == 0
+    for exemplar, answer in zip(out["exemplars"], out["answers"]):
+        assert answer.splitlines() == [names[i] for i in histories[exemplar][-2:]]
 
 
 def test_semantic_interests_come_from_a_served_model_once(tmp_path):

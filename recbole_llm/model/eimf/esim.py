@@ -86,22 +86,23 @@ def affinity_clusters(x: np.ndarray, preference, damping: float, max_users: int,
     return labels, exemplars, len(sample)
 
 
-def semantic_interests(histories: list, names: list, s, encoder, client, prompt_fits,
-                       show_progress: bool = False) -> dict:
+def semantic_interests(histories: list, names: list, s, encode_texts, client, prompt_fits,
+                       encoder_limit: int) -> dict:
     """ESIM over ``histories`` (internal item ids per user, time order; users
     without a history take no part).  Returns ``user_cluster`` [n_users] (-1:
     no history), ``semantic`` [clusters, esim_max_interests, dim] (each
     cluster's encoded interests) with ``semantic_mask`` (which are real),
-    ``exemplars`` (user ids), ``answers`` and ``report``."""
+    ``exemplars`` (user ids), ``answers`` and ``report``.  ``encode_texts``:
+    texts -> unit vectors; ``encoder_limit(text)``: whether the encoder takes
+    the text whole; ``esim_source: history`` puts the exemplar's latest item
+    names where the LLM's interests would be (the module without an LLM)."""
     times = {}
     start = time.perf_counter()
     users = [u for u, h in enumerate(histories) if u and len(h)]
     if len(users) < 2:
         raise InputError("EIMF's semantic interests need at least two users with a training history")
-    limit = encoder.max_length - 2  # [CLS] and [SEP]
-
     def encoder_fits(text):
-        return len(encoder.tokenizer(text, add_special_tokens=False)["input_ids"]) <= limit
+        return encoder_limit(text)
 
     texts, shortened = [], 0
     for u in users:
@@ -109,8 +110,7 @@ def semantic_interests(histories: list, names: list, s, encoder, client, prompt_
         text, kept = recent_text(item_names, encoder_fits)
         texts.append(text)
         shortened += kept < len(item_names)
-    user_emb = encoder.encode(texts, batch_size=s.text_encoder_batch_size,
-                              show_progress=show_progress)
+    user_emb = encode_texts(texts)
     times["user_text_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -120,12 +120,18 @@ def semantic_interests(histories: list, names: list, s, encoder, client, prompt_
     times["clustering_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    prompts = []
-    for row in exemplar_rows:
-        item_names = [names[i] for i in histories[users[row]][-s.esim_history_items:]]
-        text, _ = recent_text(item_names, lambda t: prompt_fits(s.esim_prompt.replace("{history}", t)))
-        prompts.append(s.esim_prompt.replace("{history}", text))
-    answers = client.complete(prompts, max_new_tokens=s.esim_max_new_tokens)
+    sent = getattr(client, "calls", 0)
+    if s.esim_source == "llm":
+        prompts = []
+        for row in exemplar_rows:
+            item_names = [names[i] for i in histories[users[row]][-s.esim_history_items:]]
+            text, _ = recent_text(item_names,
+                                  lambda t: prompt_fits(s.esim_prompt.replace("{history}", t)))
+            prompts.append(s.esim_prompt.replace("{history}", text))
+        answers = client.complete(prompts, max_new_tokens=s.esim_max_new_tokens)
+    else:  # "history": the exemplar's latest item names stand for its interests (no LLM)
+        answers = ["\n".join(names[i] for i in histories[users[row]][-s.esim_max_interests:])
+                   for row in exemplar_rows]
     times["llm_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -135,7 +141,7 @@ def semantic_interests(histories: list, names: list, s, encoder, client, prompt_
     # (counted in the report as empty_answers)
     interests = [i or [texts[row]] for i, row in zip(interests, exemplar_rows)]
     flat = [t for group in interests for t in group]
-    emb = encoder.encode(flat, batch_size=s.text_encoder_batch_size, show_progress=show_progress)
+    emb = encode_texts(flat)
     semantic = np.zeros((len(interests), s.esim_max_interests, emb.shape[1]), dtype=np.float32)
     mask = np.zeros((len(interests), s.esim_max_interests), dtype=bool)
     at = 0
@@ -148,6 +154,7 @@ def semantic_interests(histories: list, names: list, s, encoder, client, prompt_
     user_cluster = np.full(len(histories), -1, dtype=np.int64)
     user_cluster[users] = labels
     report = {
+        "source": s.esim_source, "llm_prompts_sent": getattr(client, "calls", 0) - sent,
         "users": len(users), "clustered_users": int(clustered),
         "joined_nearest_exemplar": len(users) - int(clustered), "clusters": len(exemplar_rows),
         "llm_calls": len(exemplar_rows), "llm_calls_saved": len(users) - len(exemplar_rows),

@@ -45,7 +45,7 @@ from recbole_llm.model.eimf.settings import EIMFSettings
 from recbole_llm.utils import forked_rng
 
 # bumped when ESIM's computation changes (its cache then misses)
-ESIM_VERSION = 2
+ESIM_VERSION = 3
 # settings read only after ESIM (IBIM, the losses): not part of its cache key
 AFTER_ESIM = ("hidden_size", "num_interests", "interest_extractor", "routing_iterations",
               "attention_hidden", "dropout_prob", "align_weight", "align_temperature",
@@ -115,7 +115,7 @@ class EIMF(LLMRecommender, SequentialRecommender):
         return esim
 
     def _semantic_interests(self, config, dataset) -> dict:
-        from recbole_llm.llm.encoder import MAX_LENGTH, default_encoder_path
+        from recbole_llm.llm.encoder import MAX_LENGTH, default_encoder_path, text_embedding_key
 
         s, cache = self.settings, self.cache
         encoder_path = s.text_encoder_path or default_encoder_path()
@@ -135,15 +135,15 @@ class EIMF(LLMRecommender, SequentialRecommender):
         histories = dataset.user_histories()
         encoder = TextEncoder(encoder_path, device=self.device)
         llm = tokenizer = None
-        if not config["llm_api_base"]:
+        if not config["llm_api_base"] and s.esim_source == "llm":
             from recbole_llm.llm.backbone import load_backbone
 
             corpus = [n for n in names if n] + [s.esim_prompt]
             llm, tokenizer = load_backbone(s, corpus=corpus, cache=cache)
             llm.to(self.device)
-        client = client_from_config(config, llm, tokenizer,
-                                    cache_dir=os.path.join(cache.root, "eimf-answers"),
-                                    local_name=module_fingerprint(llm) if llm is not None else "")
+        client = None if s.esim_source != "llm" else client_from_config(
+            config, llm, tokenizer, cache_dir=os.path.join(cache.root, "eimf-answers"),
+            local_name=module_fingerprint(llm) if llm is not None else "")
 
         def prompt_fits(prompt):
             if tokenizer is None:  # a server refuses an over-long prompt with an error
@@ -151,9 +151,17 @@ class EIMF(LLMRecommender, SequentialRecommender):
             need = len(tokenizer(prompt)["input_ids"]) + s.esim_max_new_tokens
             return need <= s.llm_max_prompt_tokens
 
-        result = semantic_interests(histories, names, s, encoder, client, prompt_fits,
-                                    s.show_progress)
-        del llm, client, encoder
+        def encode(texts):  # cached per text list (user texts recur across settings)
+            key = text_embedding_key(cache, texts, encoder_path)
+            return cache.get_or_compute_arrays(key, lambda: {"emb": encoder.encode(
+                texts, batch_size=s.text_encoder_batch_size, show_progress=s.show_progress)})["emb"]
+
+        limit = encoder.max_length - 2  # [CLS] and [SEP]
+
+        def encoder_fits(text):
+            return len(encoder.tokenizer(text, add_special_tokens=False)["input_ids"]) <= limit
+
+        result = semantic_interests(histories, names, s, encode, client, prompt_fits, encoder_fits)
         arrays = {k: result[k] for k in ("user_cluster", "semantic", "semantic_mask", "exemplars")}
         cache.save_arrays(key, **arrays)
         cache.save_json(key, result["report"])

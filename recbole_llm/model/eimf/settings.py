@@ -16,6 +16,7 @@ class EIMFSettings(LLMSettings):
     dropout_prob: float
     # ESIM
     prompt_item_field: Optional[str]
+    esim_source: str
     esim_history_items: int
     esim_prompt: str
     esim_max_new_tokens: int
