@@ -79,7 +79,8 @@ class TopKCache:
         return self.cache.has_arrays(self.key)
 
     def build(self, batch_size: int = None, show_progress: bool = True) -> dict:
-        """Decode every user with a history; returns the build statistics."""
+        """Decode every user with a history; returns the build statistics (the time
+        of this call: a build resumed after a kill counts only what it decoded)."""
         if self.is_built():
             return self._load()["stats"]
         histories = self.histories()
