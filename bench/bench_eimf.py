@@ -70,9 +70,11 @@ def table(results, base_name):
         esim = "-"
         if r.get("expert"):
             e = r["expert"]
-            esim = (f"{e['users']}, {e['clusters']}, {e['llm_calls_saved']} "
-                    f"({e['users_per_call']} users per call), text {e['user_text_s']} / AP "
-                    f"{e['clustering_s']} / LLM {e['llm_s']} / encode {e['interest_encoding_s']}")
+            saved = (f"{e['llm_calls_saved']} ({e['users_per_call']} users per call)"
+                     if e.get("llm_calls") else "no LLM")
+            esim = (f"{e['users']}, {e['clusters']} ({e.get('llm_calls', e['clusters'])}), {saved}, "
+                    f"text {e['user_text_s']} / AP {e['clustering_s']} / LLM {e['llm_s']} / "
+                    f"encode {e['interest_encoding_s']}")
         lines.append(f"| {name} | " + " | ".join(cell(r, c) for c in cols) +
                      f" | {ratio} | {len(r.get('valid_curve') or [])} | {r['fit_s'] / 60:.1f} | "
                      f"{per_k:.2f} | {esim} |")

@@ -151,14 +151,16 @@ def semantic_interests(histories: list, names: list, s, encode_texts, client, pr
         at += len(group)
     times["interest_encoding_s"] = time.perf_counter() - start
 
+    calls = len(exemplar_rows) if s.esim_source == "llm" else 0
     user_cluster = np.full(len(histories), -1, dtype=np.int64)
     user_cluster[users] = labels
     report = {
         "source": s.esim_source, "llm_prompts_sent": getattr(client, "calls", 0) - sent,
         "users": len(users), "clustered_users": int(clustered),
         "joined_nearest_exemplar": len(users) - int(clustered), "clusters": len(exemplar_rows),
-        "llm_calls": len(exemplar_rows), "llm_calls_saved": len(users) - len(exemplar_rows),
-        "users_per_call": round(len(users) / len(exemplar_rows), 2),
+        # one LLM call per exemplar instead of one per user (none with esim_source: history)
+        "llm_calls": calls, "llm_calls_saved": len(users) - calls if calls else 0,
+        "users_per_call": round(len(users) / calls, 2) if calls else None,
         "user_texts_shortened": int(shortened), "empty_answers": int(empty),
         "interests_per_cluster": round(len(flat) / len(interests), 2),
         **{k: round(v, 2) for k, v in times.items()},

@@ -45,7 +45,7 @@ from recbole_llm.model.eimf.settings import EIMFSettings
 from recbole_llm.utils import forked_rng
 
 # bumped when ESIM's computation changes (its cache then misses)
-ESIM_VERSION = 3
+ESIM_VERSION = 4
 # settings read only after ESIM (IBIM, the losses): not part of its cache key
 AFTER_ESIM = ("hidden_size", "num_interests", "interest_extractor", "routing_iterations",
               "attention_hidden", "dropout_prob", "align_weight", "align_temperature",
