@@ -71,8 +71,9 @@ def table(results, base_name):
         if r.get("expert"):
             e = r["expert"]
             saved = (f"{e['llm_calls_saved']} ({e['users_per_call']} users per call)"
-                     if e.get("llm_calls") else "no LLM")
-            esim = (f"{e['users']}, {e['clusters']} ({e.get('llm_calls', e['clusters'])}), {saved}, "
+                     if e.get("source", "llm") == "llm" else "no LLM")
+            calls = e['llm_calls'] if e.get('source', 'llm') == 'llm' else 0
+            esim = (f"{e['users']}, {e['clusters']} ({calls}), {saved}, "
                     f"text {e['user_text_s']} / AP {e['clustering_s']} / LLM {e['llm_s']} / "
                     f"encode {e['interest_encoding_s']}")
         lines.append(f"| {name} | " + " | ".join(cell(r, c) for c in cols) +
