@@ -36,9 +36,10 @@ ROWS = {
     "sasrec": dict(BEAUTY, **SASREC), "eimf": dict(BEAUTY, **EIMF), "ibim": dict(BEAUTY, **IBIM),
     # ESIM without an LLM: each exemplar's latest item names stand for its interests (the
     # small default LLM is random-initialised here, its answers are noise)
-    "eimf_text": dict(BEAUTY, **EIMF, esim_source="history"),
-    # the auxiliary weights a tenth of the defaults: at 0.1 (temperature 0.1) the
-    # alignment's gradient on the unit-length interests dwarfs the early CE gradient
+    "eimf_text": dict(BEAUTY, **EIMF, esim_source="history", align_weight=0.1,
+                      semantic_weight=0.1),
+    # the auxiliary weights of the defaults (0.01; eimf_text ran at 0.1, the defaults
+    # before it measured that their gradient dwarfs the early cross-entropy's)
     "eimf_text_w001": dict(BEAUTY, **EIMF, esim_source="history", align_weight=0.01,
                            semantic_weight=0.01),
     "ml_sasrec": dict(ML, **SASREC), "ml_eimf": dict(ML, **EIMF), "ml_ibim": dict(ML, **IBIM),
