@@ -43,10 +43,14 @@ ROWS = {
     "eimf_text_w001": dict(BEAUTY, **EIMF, esim_source="history", align_weight=0.01,
                            semantic_weight=0.01),
     "ml_sasrec": dict(ML, **SASREC), "ml_eimf": dict(ML, **EIMF), "ml_ibim": dict(ML, **IBIM),
-    "ml_eimf_text": dict(ML, **EIMF, esim_source="history"),
+    "ml_eimf_text": dict(ML, **EIMF, esim_source="history", align_weight=0.1,
+                         semantic_weight=0.1),
+    "ml_eimf_text_w001": dict(ML, **EIMF, esim_source="history", align_weight=0.01,
+                              semantic_weight=0.01),
 }
 TABLES = {"eimf_beauty.md": ("sasrec", "eimf", "ibim", "eimf_text", "eimf_text_w001"),
-          "eimf_ml100k.md": ("ml_sasrec", "ml_eimf", "ml_ibim", "ml_eimf_text")}
+          "eimf_ml100k.md": ("ml_sasrec", "ml_eimf", "ml_ibim", "ml_eimf_text",
+                             "ml_eimf_text_w001")}
 
 
 def row(name, force=False, seed=FIRST_SEED):
