@@ -1,9 +1,9 @@
 """Shared by the quality benchmarks: one row = one fresh process, one JSON file.
 
-Each row trains through recbole-llm's pipeline (``build`` + RecBole's
-``fit``), reloads its best checkpoint, times ``evaluate`` on the test split and
-stores the result atomically, so an interrupted benchmark resumes with the
-rows not yet done; a row killed mid-way resumes after its last finished
+Each row runs ``recbole_llm.experiment.run_experiment`` (train, validate
+every epoch, reload the best checkpoint, time the test) in its own process
+and stores the result atomically, so an interrupted benchmark resumes with
+the rows not yet done; a row killed mid-way resumes after its last finished
 epoch (``<row>.last.pth`` and ``<row>.progress.json`` beside its result).
 A model's own report of a pre-trained part (ELCoRec's ``expert_report``: the
 GAT expert's validation AUC; SCRec's ``tokenizer_report``: its codebooks) is
@@ -11,88 +11,26 @@ stored with the row as ``expert`` / ``tokenizer``.
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 
 ONE_RUN = r"""
-import json, os, sys, time
+import json, sys
 sys.argv = sys.argv[:1]
 from recbole_llm.config import Config
-from recbole_llm.quick_start import build
-from recbole_llm.utils import set_cpu_threads
-from recbole.utils import init_logger, init_seed
+from recbole_llm.experiment import run_experiment
 settings = json.loads(sys.stdin.read())
 head_share = settings.pop("_head_share", None)  # report head / tail users separately
-settings_progress = settings.pop("_progress")
+resume_prefix = settings.pop("_progress")
 model, dataset = settings.pop("model"), settings.pop("dataset")
-config = Config(model=model, dataset=dataset, config_dict=settings)
-set_cpu_threads(config["cpu_threads"])
-init_seed(config["seed"], config["reproducibility"])
-init_logger(config)
-start = time.time()
-_, (train, valid, test), _, trainer = build(config)
-prep = time.time() - start
-curve = []  # the validation result after every validation, in order
-# resume after a kill: the last finished epoch's checkpoint and the progress so far
-progress_path, last_path = settings_progress
-fit_before = 0.0  # training time before a kill
-if os.path.isfile(progress_path) and os.path.isfile(last_path):
-    with open(progress_path) as f:
-        progress = json.load(f)
-    trainer.resume_checkpoint(last_path)
-    trainer.saved_model_file = progress["best_file"]
-    curve, fit_before = progress["curve"], progress["fit_s"]
-    trainer.train_loss_dict.update({int(k): v for k, v in progress["train_loss"].items()})
-    if progress["done"]:  # stage one ended (later stages run again): its best weights
-        trainer.load_model_weights(progress["best_file"])
-        trainer.start_epoch = trainer.epochs
-    print(f"resumed after epoch {trainer.start_epoch - 1}", flush=True)
-def save_progress(epoch, score):
-    if getattr(trainer.model, "annealing", False):  # a later stage: not resumable mid-way
-        return
-    trainer._save_checkpoint(epoch, verbose=False, saved_model_file=last_path)
-    done = trainer.cur_step > trainer.stopping_step or epoch + 1 >= trainer.epochs
-    with open(progress_path + ".tmp", "w") as f:
-        json.dump({"curve": curve, "best_file": trainer.saved_model_file, "done": done,
-                   "fit_s": fit_before + time.time() - start,
-                   "train_loss": {int(k): float(v) for k, v in trainer.train_loss_dict.items()}}, f)
-    os.replace(progress_path + ".tmp", progress_path)
-validate = trainer._valid_epoch
-def record(*args, **kwargs):
-    score, result = validate(*args, **kwargs)
-    curve.append({k: float(v) for k, v in result.items()})
-    print("VALID " + json.dumps(curve[-1]), flush=True)
-    return score, result
-trainer._valid_epoch = record
-start = time.time()
-trainer.fit(train, valid, saved=True, show_progress=False, callback_fn=save_progress)
-fit = fit_before + time.time() - start
-trainer.load_model_weights(trainer.saved_model_file)
-captured = {}
-evaluate_struct = trainer.evaluator.evaluate
-def capture(struct):
-    captured["s"] = struct
-    return evaluate_struct(struct)
-trainer.evaluator.evaluate = capture
-start = time.time()
-test_result = trainer.evaluate(test, load_best_model=False)
-evaluate = time.time() - start
-groups = None
-if head_share:
+config = Config(model=model, dataset=dataset, config_dict=settings, argv=[])
+def groups(struct, test, train, config):
     sys.path.insert(0, "bench")
     from groups import group_metrics
-    groups = group_metrics(captured["s"], test, train.dataset, config, head_share)
-print("RESULT " + json.dumps({"test": {k: float(v) for k, v in test_result.items()}, "groups": groups,
-                              "valid_curve": curve,
-                              "train_loss": {int(k): float(v) for k, v in trainer.train_loss_dict.items()},
-                              "checkpoint": trainer.saved_model_file,
-                              "expert": getattr(trainer.model, "expert_report", None)
-                              or getattr(trainer.model, "esim_report", None),
-                              "tokenizer": getattr(trainer.model, "tokenizer_report", None),
-                              "prepare_s": prep, "fit_s": fit, "eval_s": evaluate,
-                              "test_rows": int(test.dataset.inter_num)}))
+    return group_metrics(struct, test, train.dataset, config, head_share)
+result = run_experiment(config, resume_prefix, groups if head_share else None)
+print("RESULT " + json.dumps(result))
 """
 
 
@@ -105,8 +43,8 @@ def run_row(name: str, settings: dict, out_dir: str, force: bool = False) -> dic
     repo = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     print(f"[{time.strftime('%H:%M:%S')}] running {name}: {settings}", flush=True)
     os.makedirs(out_dir, exist_ok=True)
-    progress = [os.path.abspath(os.path.join(out_dir, f"{name}.{part}")) for part in ("progress.json", "last.pth")]
-    proc = subprocess.run([sys.executable, "-c", ONE_RUN], input=json.dumps(dict(settings, _progress=progress)),
+    prefix = os.path.abspath(os.path.join(out_dir, name))  # resume files: <prefix>.last.pth, ...
+    proc = subprocess.run([sys.executable, "-c", ONE_RUN], input=json.dumps(dict(settings, _progress=prefix)),
                           text=True, capture_output=True, cwd=repo)
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     if proc.returncode or not line:
@@ -116,10 +54,6 @@ def run_row(name: str, settings: dict, out_dir: str, force: bool = False) -> dic
     with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
     os.replace(path + ".tmp", path)
-    for part in progress:  # the row is done: nothing left to resume
-        if os.path.isfile(part):
-            os.remove(part)
-    shutil.rmtree(progress[1][:-len(".pth")] + "-adapter", ignore_errors=True)  # its peft export
     return result
 
 

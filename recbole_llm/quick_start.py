@@ -22,6 +22,7 @@ from recbole_llm.config import Config
 from recbole_llm.data.atomic import check_dataset_files
 from recbole_llm.data.history import check_min_history, drop_rows_with_short_history
 from recbole_llm.errors import InputError
+from recbole_llm.experiment import plain_result
 from recbole_llm.options import parse_argv
 from recbole_llm.trainer import check_resume_checkpoint
 from recbole_llm.utils import set_cpu_threads
@@ -163,11 +164,13 @@ def run_recbole_llm(model=None, dataset=None, config_file_list=None, config_dict
         train_data, valid_data, saved=saved, show_progress=config["show_progress"])
     test_result = trainer.evaluate(test_data, load_best_model=saved,
                                    show_progress=config["show_progress"])
+    # plain floats: RecBole's OrderedDict of NumPy 2 scalars prints np.float64(...)
+    best_valid_result, test_result = plain_result(best_valid_result), plain_result(test_result)
 
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
     return {
-        "best_valid_score": best_valid_score,
+        "best_valid_score": float(best_valid_score),
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result,
         "test_result": test_result,
@@ -178,12 +181,19 @@ def run_recbole_llm(model=None, dataset=None, config_file_list=None, config_dict
 USAGE = """usage: run_recbole_llm.py --model=NAME --dataset=NAME [--config_files="a.yaml b.yaml"] [--key=value ...]
 
 Runs a recbole-llm or RecBole model; every other --key=value overrides a
-setting, as in RecBole.  Defaults: --model=BPR --dataset=ml-100k."""
+setting, as in RecBole.  Defaults: --model=BPR --dataset=ml-100k.
+
+       run_recbole_llm.py --compare --models=A,B,... --dataset=NAME [--seeds=2020,2021,2022] [--key=value ...]
+
+Compares models on one split and protocol (--compare --help says more)."""
 
 
 def main(argv=None):
     """The command line; returns the exit status (2: bad input, nothing trained)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--compare" or a.startswith("--compare=") for a in argv):
+        from recbole_llm.compare import main as compare_main
+        return compare_main(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE)
         return 0

@@ -40,8 +40,9 @@ ML_TINY_ARGS = [f"--data_path={DATA}", "--item_text_fields=['title','release_yea
 
 def logged_test_metric(log: str, metric: str) -> float:
     """``metric`` of the last ``test result`` line of a run's log."""
+    import ast
     line = [l for l in log.splitlines() if "test result" in l][-1]
-    return float(line.split(f"'{metric}', np.float64(")[1].split(")")[0])
+    return ast.literal_eval(line.split("test result", 1)[1].split(": ", 1)[1].strip())[metric]
 
 
 @pytest.fixture(autouse=True)

@@ -14,8 +14,9 @@ def test_every_package_of_the_source_tree_is_listed_for_the_wheel():
         listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
     found = {os.path.relpath(root, REPO).replace(os.sep, ".")
              for root, _, files in os.walk(os.path.join(REPO, "recbole_llm")) if "__init__.py" in files}
-    properties = {"recbole_llm.properties", "recbole_llm.properties.model",
-                  "recbole_llm.properties.dataset"}
+    properties = {"recbole_llm.properties"} | {
+        f"recbole_llm.properties.{d}" for d in os.listdir(os.path.join(REPO, "properties"))
+        if os.path.isdir(os.path.join(REPO, "properties", d))}
     assert listed == found | properties
 
 
@@ -47,3 +48,11 @@ def test_installed_wheel_runs_a_model_outside_the_checkout(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "test result" in run.stdout + run.stderr
     assert "cpu_threads" in run.stdout + run.stderr   # the plugin's overall.yaml was layered in
+    # the protocol files travel too: a comparison from the installed wheel
+    run = subprocess.run([str(env_dir / "bin" / "recbole-llm"), "--compare", "--models=Pop",
+                          "--dataset=ml-100k", "--epochs=1", "--show_progress=False",
+                          "--results_dir=cmp"],
+                         capture_output=True, text=True, timeout=300, cwd=work,
+                         env=dict(os.environ, PYTHONPATH=""))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (work / "cmp" / "results.md").read_text().count("| Pop |") == 1
