@@ -12,18 +12,29 @@ that would otherwise fail *silently* is refused loudly instead.
 * pandas 3 turns RecBole's ``fillna(inplace=True)`` into a silent no-op and
   changes ``Series.agg(len)``: we require pandas < 3 and refuse to run on
   pandas 3, or with pandas' copy-on-write mode switched on.
-* ``recbole.quick_start`` imports ray, which is never imported here; the
-  plugin has its own quick start (``recbole_llm.quick_start``).
+* ``recbole.quick_start`` imports ray 2.6, which imports ``pkg_resources``
+  (gone from setuptools >= 81) and reads ``np.bool8`` (gone from NumPy 2):
+  where ``pkg_resources`` is missing, a stand-in gives ray exactly the four
+  names it uses (any other name is an error that says so), and ``np.bool8``
+  is aliased, so ``from recbole.quick_start import run_recbole`` works.
 * torch >= 2.6 loads checkpoints weights-only; the plugin trainer writes
-  checkpoints that load that way (``recbole_llm.trainer``).
+  checkpoints that load that way (``recbole_llm.trainer``), and RecBole's own
+  ``get_trainer`` (``run_recbole``, ``objective_function``) returns trainers
+  that do too.
+* ``HyperTuning``'s exhaustive search hands hyperopt >= 0.2.7 a NumPy
+  ``RandomState`` where it needs a ``Generator``, and its result table reads
+  ``np.str``: that module sees a NumPy with both fixed; its params file is
+  read as data (``recbole_llm.hyper.read_params_file``), never ``eval``ed.
 """
+import types
 import warnings
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-_NUMPY_ALIASES = {"float_": np.float64, "complex_": np.complex128, "unicode_": np.str_}
+_NUMPY_ALIASES = {"float_": np.float64, "complex_": np.complex128, "unicode_": np.str_,
+                  "bool8": np.bool_}
 
 
 def _patch_numpy():
@@ -40,6 +51,104 @@ def _dok_update(self, data):
 def _patch_scipy():
     if not hasattr(sp.dok_matrix, "_update"):
         sp.dok_matrix._update = _dok_update
+
+
+class _DistributionNotFound(Exception):
+    pass
+
+
+class _Distribution:
+    """What ray reads of ``pkg_resources.get_distribution(name)``."""
+
+    def __init__(self, name):
+        from importlib import metadata
+        try:
+            self.version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            raise _DistributionNotFound(name) from None
+        self.project_name = self.key = name
+
+
+def _missing_name(name):
+    raise AttributeError(
+        f"pkg_resources.{name}: this is recbole-llm's stand-in for ray's imports "
+        "(get_distribution, require, DistributionNotFound, packaging); for the real "
+        "pkg_resources install setuptools < 81")
+
+
+def _patch_pkg_resources():
+    """A minimal ``pkg_resources`` for ray 2.6's imports, only where none is installed."""
+    import importlib.util
+    import sys
+
+    if "pkg_resources" in sys.modules or importlib.util.find_spec("pkg_resources"):
+        return
+    import packaging
+    import packaging.version
+
+    module = types.ModuleType("pkg_resources", "recbole-llm's stand-in (see compat.py)")
+    module.DistributionNotFound = _DistributionNotFound
+    module.get_distribution = _Distribution
+    module.require = lambda name: [_Distribution(name)]
+    module.packaging = packaging
+    module.__getattr__ = _missing_name
+    vendor = types.ModuleType("pkg_resources._vendor")
+    vendor.packaging = packaging
+    module._vendor = vendor
+    sys.modules.update({"pkg_resources": module, "pkg_resources._vendor": vendor,
+                        "pkg_resources._vendor.packaging": packaging,
+                        "pkg_resources._vendor.packaging.version": packaging.version})
+
+
+def _patch_recbole_trainers():
+    """RecBole's ``get_trainer`` hands out trainers with weights-only checkpoints,
+    so ``run_recbole`` can reload the checkpoint it just wrote under torch >= 2.6."""
+    import sys
+
+    import recbole.utils
+    import recbole.utils.utils as utils
+
+    if getattr(utils.get_trainer, "_weights_only", False):
+        return
+    original = utils.get_trainer
+
+    def get_trainer(model_type, model_name):
+        from recbole_llm.trainer import with_weights_only_checkpoints
+        return with_weights_only_checkpoints(original(model_type, model_name))
+
+    get_trainer._weights_only = True
+    utils.get_trainer = recbole.utils.get_trainer = get_trainer
+    quick_start = sys.modules.get("recbole.quick_start.quick_start")
+    if quick_start is not None:  # imported before recbole_llm: its own reference too
+        quick_start.get_trainer = get_trainer
+
+
+class _HyperTuningNumpy:
+    """NumPy as ``recbole.trainer.hyper_tuning`` sees it: RecBole 1.2.1 hands
+    hyperopt a ``RandomState``, hyperopt >= 0.2.7 draws with a ``Generator``
+    (``rng.integers``); ``np.str`` (gone since NumPy 1.24) is ``str``."""
+
+    random = types.SimpleNamespace(RandomState=np.random.default_rng)
+    str = str
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+def _space_from_file(path):
+    """RecBole's params file, read as data (RecBole ``eval``s each choice list)."""
+    from recbole.trainer.hyper_tuning import HyperTuning
+
+    from recbole_llm.hyper import read_params_file
+    return HyperTuning._build_space_from_dict(read_params_file(path))
+
+
+def _patch_hyper_tuning():
+    import recbole.trainer.hyper_tuning as hyper_tuning
+
+    if not isinstance(hyper_tuning.np, _HyperTuningNumpy):
+        hyper_tuning.np = _HyperTuningNumpy()
+        hyper_tuning.HyperTuning._build_space_from_file = staticmethod(_space_from_file)
 
 
 def check_pandas_version():
@@ -77,6 +186,9 @@ def apply():
     _patch_numpy()
     _patch_scipy()
     check_pandas_version()
+    _patch_pkg_resources()
+    _patch_recbole_trainers()
+    _patch_hyper_tuning()
 
 
 apply()

@@ -27,8 +27,8 @@ from recbole_llm.options import parse_argv
 from recbole_llm.trainer import check_resume_checkpoint
 from recbole_llm.utils import set_cpu_threads
 
-__all__ = ["InputError", "build", "check_inputs", "create_dataset", "main", "prepare_data",
-           "run_recbole_llm"]
+__all__ = ["InputError", "build", "check_inputs", "create_dataset", "main", "objective_function",
+           "prepare_data", "run_recbole_llm"]
 
 # What dataset construction and splitting raise on bad data or settings
 # (a missing field, a text field the .item file lacks, an unknown split).
@@ -178,6 +178,30 @@ def run_recbole_llm(model=None, dataset=None, config_file_list=None, config_dict
     }
 
 
+def objective_function(config_dict=None, config_file_list=None, saved=True):
+    """RecBole's ``objective_function`` for ``recbole.trainer.HyperTuning``, for every
+    model, the plugin's too: one trial's train, validate and test.  Options come
+    from ``config_file_list`` (model, dataset, fixed settings) and ``config_dict``
+    (the trial's parameters) only, never from the host's command line."""
+    config = Config(config_dict=config_dict, config_file_list=config_file_list, argv=[])
+    set_cpu_threads(config["cpu_threads"])
+    init_seed(config["seed"], config["reproducibility"])
+    check_inputs(config)
+    logger = getLogger()
+    for handler in logger.handlers[:]:  # one trial's log file, not every trial's
+        logger.removeHandler(handler)
+    init_logger(config)
+    logging.basicConfig(level=logging.ERROR)
+    _, (train_data, valid_data, test_data), _, trainer = build(config, checked=True)
+    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, verbose=False,
+                                                      saved=saved)
+    test_result = trainer.evaluate(test_data, load_best_model=saved)
+    return {"model": config["model"], "best_valid_score": float(best_valid_score),
+            "valid_score_bigger": config["valid_metric_bigger"],
+            "best_valid_result": plain_result(best_valid_result),
+            "test_result": plain_result(test_result)}
+
+
 USAGE = """usage: run_recbole_llm.py --model=NAME --dataset=NAME [--config_files="a.yaml b.yaml"] [--key=value ...]
 
 Runs a recbole-llm or RecBole model; every other --key=value overrides a
@@ -185,7 +209,11 @@ setting, as in RecBole.  Defaults: --model=BPR --dataset=ml-100k.
 
        run_recbole_llm.py --compare --models=A,B,... --dataset=NAME [--seeds=2020,2021,2022] [--key=value ...]
 
-Compares models on one split and protocol (--compare --help says more)."""
+Compares models on one split and protocol (--compare --help says more).
+
+       run_recbole_llm.py --hyper --model=NAME --dataset=NAME --params_file=FILE [--algo=exhaustive] [--key=value ...]
+
+Searches hyper-parameters with RecBole's HyperTuning (--hyper --help says more)."""
 
 
 def main(argv=None):
@@ -194,6 +222,9 @@ def main(argv=None):
     if any(a == "--compare" or a.startswith("--compare=") for a in argv):
         from recbole_llm.compare import main as compare_main
         return compare_main(argv)
+    if any(a == "--hyper" or a.startswith("--hyper=") for a in argv):
+        from recbole_llm.hyper import main as hyper_main
+        return hyper_main(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE)
         return 0

@@ -1,0 +1,99 @@
+"""RecBole's own API where the plugin is installed: run_recbole, HyperTuning, and the
+plugin's --hyper search for any model."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DATA, ML_TINY, ML_TINY_ARGS
+from recbole_llm.errors import InputError
+from recbole_llm.hyper import read_params_file
+
+RUN_RECBOLE = f"""
+import recbole_llm, torch
+from recbole.quick_start import run_recbole
+result = run_recbole(model="BPR", dataset="ml-tiny", config_dict={{
+    "data_path": {DATA!r}, "epochs": 1, "show_progress": False, "state": "WARNING",
+    "load_col": {{"inter": ["user_id", "item_id", "rating", "timestamp"]}}}})
+print("TEST", dict(result["test_result"]))
+"""
+
+
+def test_run_recbole_trains_tests_and_reloads_its_checkpoint(tmp_path):
+    # a fresh interpreter: recbole.quick_start imports ray, which needs the shims
+    out = subprocess.run([sys.executable, "-c", RUN_RECBOLE], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "recall@10" in out.stdout.split("TEST", 1)[1]
+    import torch
+    saved = list((tmp_path / "saved").glob("BPR-*.pth"))
+    assert len(saved) == 1
+    assert "state_dict" in torch.load(saved[0], weights_only=True)
+
+
+def test_hyper_tuning_with_recbole_objective(tmp_path):
+    from recbole.quick_start import objective_function
+    from recbole.trainer import HyperTuning
+
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text("model: BPR\ndataset: ml-tiny\n" + "".join(
+        f"{k}: {json.dumps(v)}\n" for k, v in dict(ML_TINY, epochs=1).items()))
+    params = tmp_path / "bpr.hyper"
+    params.write_text("learning_rate choice [0.01, 0.001]\n")
+    tuner = HyperTuning(objective_function, params_file=str(params),
+                        fixed_config_file_list=[str(fixed)], algo="exhaustive")
+    tuner.run()
+    assert len(tuner.params2result) == 2
+    assert tuner.best_params["learning_rate"] in (0.01, 0.001)
+
+
+def test_params_file_is_read_as_data(tmp_path):
+    from recbole.trainer import HyperTuning
+
+    marker = tmp_path / "ran"
+    params = tmp_path / "evil.hyper"
+    params.write_text(f"learning_rate choice [open({str(marker)!r}, 'w')]\n")
+    with pytest.raises(InputError, match="line 1"):
+        HyperTuning(lambda *a: None, params_file=str(params))  # RecBole would eval it
+    assert not marker.exists()
+    params.write_text("# a comment\n\nalpha1 choice [0.3, 0.5]\nlr loguniform -9,-4\n"
+                      "dim quniform 32,128,32\n")
+    assert read_params_file(str(params)) == {"choice": {"alpha1": [0.3, 0.5]},
+                                             "loguniform": {"lr": [-9.0, -4.0]},
+                                             "quniform": {"dim": [32.0, 128.0, 32.0]}}
+    for bad in ("alpha1 normal 0,1", "alpha1 uniform 0.1", "alpha1 choice []", "alpha1"):
+        params.write_text(bad + "\n")
+        with pytest.raises(InputError, match="evil.hyper, line 1"):
+            read_params_file(str(params))
+
+
+def test_hyper_command_searches_a_plugin_model_and_resumes(cli, tmp_path):
+    params = tmp_path / "eimf.hyper"
+    params.write_text("num_interests choice [2, 3]\n")
+    args = ["--hyper", "--model=EIMF", "--dataset=ml-tiny", *ML_TINY_ARGS, "--epochs=1",
+            "--align_weight=0.0", "--semantic_weight=0.0", f"--params_file={params}",
+            "--output_file=out/eimf.result"]
+    out = cli(*args, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "best params: {'num_interests':" in out.stdout
+    text = (tmp_path / "out" / "eimf.result").read_text()
+    assert "num_interests:2" in text and "num_interests:3" in text
+    trials = (tmp_path / "out" / "eimf.result.trials.jsonl").read_text().splitlines()
+    assert len(trials) == 2
+    again = cli(*args, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("done before") == 2
+
+
+@pytest.mark.parametrize("line, words", [
+    ("num_interestz choice [2, 3]", "unknown option 'num_interestz'"),
+    ("num_interests choice ['two']", "num_interests"),
+])
+def test_hyper_command_refuses_bad_parameters_before_any_trial(cli, tmp_path, line, words):
+    params = tmp_path / "bad.hyper"
+    params.write_text(line + "\n")
+    out = cli("--hyper", "--model=EIMF", "--dataset=ml-tiny", *ML_TINY_ARGS,
+              f"--params_file={params}", "--output_file=out/x.result", timeout=300)
+    assert out.returncode == 2 and words in out.stderr
+    assert not (tmp_path / "out" / "x.result.trials.jsonl").exists()
