@@ -1,4 +1,13 @@
-"""Serving a generative recommender from a pre-computed top-K per user.
+"""Recommendations from a trained checkpoint, and a pre-computed top-K per user.
+
+:func:`load` (``recbole_llm.load``) turns any checkpoint the plugin's or
+RecBole's trainer wrote (with the plugin imported) into a
+:class:`Recommender` whose ``recommend(user=... | history=[...], k)``
+answers raw item ids (the atomic files' tokens) with scores, ranked by the
+model's own full-sort prediction, the user's items left out.  Generative
+models rank the items their beam search found (codes mapped back to items);
+when a top-K cache was built for the same model and data (below), a user's
+request is answered from it.
 
 Beam search over a large LLM is too slow to run per request; SCRec's paper
 runs it once per user ahead of time and answers requests from that cache.
@@ -20,6 +29,7 @@ import time
 import numpy as np
 import torch
 
+from recbole_llm.data.text import user_histories
 from recbole_llm.errors import InputError
 from recbole_llm.fingerprint import dataset_fingerprint, module_fingerprint
 from recbole_llm.llm.cache import Cache
@@ -46,6 +56,9 @@ def load_model(checkpoint: str, **overrides):
     path = settings.get("data_path")
     if path and os.path.basename(os.path.normpath(path)) == meta["dataset"]:
         settings["data_path"] = os.path.dirname(os.path.normpath(path))  # RecBole appends it
+    sampling = settings.get("train_neg_sample_args")
+    if isinstance(sampling, dict) and sampling.get("distribution") == "none":
+        settings["train_neg_sample_args"] = None  # RecBole's spelling of "no sampling"
     settings.update(overrides)
     config = Config(model=meta["model"], dataset=meta["dataset"], config_dict=settings, argv=[])
     dataset, _, model, _ = build(config)
@@ -73,7 +86,7 @@ class TopKCache:
     def histories(self) -> list:
         """Each user's last ``MAX_ITEM_LIST_LENGTH`` items (internal ids, time order)."""
         n = self.model.max_seq_length
-        return [h[-n:] for h in self.dataset.user_histories()]
+        return [h[-n:] for h in user_histories(self.dataset)]
 
     def is_built(self) -> bool:
         return self.cache.has_arrays(self.key)
@@ -138,6 +151,91 @@ class TopKCache:
         tokens = self.dataset.id2token(self.dataset.iid_field, table["items"][uid, :k])
         return [(str(t), float(s)) for t, s, i in
                 zip(tokens, table["scores"][uid, :k], table["items"][uid, :k]) if i > 0]
+
+
+class Recommender:
+    """A trained model answering requests in raw ids (see the module's docstring)."""
+
+    def __init__(self, config, dataset, model):
+        from recbole.utils import ModelType
+
+        self.config, self.dataset, self.model = config, dataset, model
+        self.model_type = config["MODEL_TYPE"]
+        if self.model_type not in (ModelType.GENERAL, ModelType.SEQUENTIAL):
+            raise InputError(f"{config['model']} is a {self.model_type.name.lower()} model: it "
+                             "scores given (user, item) rows and ranks no catalogue; recommend() "
+                             "serves general and sequential models")
+        self.sequential = self.model_type == ModelType.SEQUENTIAL
+        self.histories = user_histories(dataset)  # every interaction the dataset holds
+        self.topk_cache = None
+        if hasattr(model, "recommend") and hasattr(model, "settings"):  # generative
+            cache = TopKCache(model, dataset)
+            self.topk_cache = cache if cache.is_built() else None
+
+    def _user_id(self, user) -> int:
+        try:
+            return int(self.dataset.token2id(self.dataset.uid_field, str(user)))
+        except ValueError:
+            raise InputError(f"unknown user {user!r}") from None
+
+    def _item_ids(self, history) -> list:
+        try:
+            return [int(i) for i in np.atleast_1d(
+                self.dataset.token2id(self.dataset.iid_field, [str(t) for t in history]))]
+        except ValueError as err:
+            raise InputError(f"unknown item in history: {err}") from None
+
+    def _interaction(self, uid: int, items: list):
+        from recbole.data.interaction import Interaction
+
+        fields = {self.dataset.uid_field: torch.tensor([uid])}
+        if self.sequential:
+            n = self.model.max_seq_length
+            items = items[-n:]
+            seq = torch.zeros((1, n), dtype=torch.long)
+            seq[0, :len(items)] = torch.as_tensor(items, dtype=torch.long)
+            fields[self.model.ITEM_SEQ] = seq
+            fields[self.model.ITEM_SEQ_LEN] = torch.tensor([len(items)])
+        return Interaction(fields).to(self.config["device"])
+
+    def recommend(self, user=None, history=None, k: int = 10, exclude_seen: bool = True) -> list:
+        """``[(raw item id, score), ...]``, best first: the next items for a raw
+        ``user`` id (after all its interactions in the data), or for ``history``,
+        raw item ids oldest first (sequential models; a user given too names
+        whose history it is).  ``exclude_seen``: leave out the items of that
+        history, as RecBole's evaluation does."""
+        if user is None and history is None:
+            raise InputError("recommend() takes user=RAW_ID or history=[RAW_ITEM_ID, ...]")
+        if history is not None and not self.sequential:
+            raise InputError(f"{self.config['model']} is a general model: it recommends for a "
+                             "known user, not for an item history")
+        if not isinstance(k, int) or k < 1:
+            raise InputError(f"k must be a positive integer, got {k!r}")
+        uid = self._user_id(user) if user is not None else 0
+        items = (self._item_ids(history) if history is not None
+                 else self.histories[uid].tolist())
+        if history is None and self.topk_cache is not None and k <= self.topk_cache.k:
+            return self.topk_cache.topk(user, k)
+        if self.sequential and not items:
+            raise InputError(f"user {user!r} has no interaction to continue")
+        self.model.eval()
+        with torch.no_grad():
+            scores = self.model.full_sort_predict(self._interaction(uid, items))
+        scores = scores.reshape(-1)[: self.dataset.item_num].float().cpu().clone()
+        scores[0] = -torch.inf  # padding
+        if exclude_seen and items:
+            scores[torch.as_tensor(items)] = -torch.inf
+        top = torch.topk(scores, min(k, len(scores)))
+        keep = torch.isfinite(top.values)  # beam search scores only the items it found
+        ids, values = top.indices[keep].numpy(), top.values[keep].tolist()
+        tokens = self.dataset.id2token(self.dataset.iid_field, ids)
+        return [(str(t), float(v)) for t, v in zip(np.atleast_1d(tokens), values)]
+
+
+def load(checkpoint: str, **overrides) -> Recommender:
+    """A :class:`Recommender` from a checkpoint (``overrides``: settings such as
+    ``use_gpu=False``)."""
+    return Recommender(*load_model(checkpoint, **overrides))
 
 
 def main(argv=None) -> int:

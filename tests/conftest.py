@@ -45,6 +45,33 @@ def logged_test_metric(log: str, metric: str) -> float:
     return ast.literal_eval(line.split("test result", 1)[1].split(": ", 1)[1].strip())[metric]
 
 
+def check_recommender(checkpoint, k: int = 5, **overrides):
+    """``recbole_llm.load`` on a trained checkpoint answers a user's top ``k`` in raw
+    ids: best first, known items, none of the user's own (unless served from a
+    generative model's top-K cache); a sequential model also answers an item
+    history.  Returns the recommender and the answer."""
+    import recbole_llm
+
+    rec = recbole_llm.load(str(checkpoint), show_progress=False, state="WARNING", **overrides)
+    dataset = rec.dataset
+    uid = next(u for u in range(1, len(rec.histories)) if len(rec.histories[u]))
+    user = dataset.id2token(dataset.uid_field, uid)
+    answer = rec.recommend(user=user, k=k)
+    assert 0 < len(answer) <= k
+    scores = [score for _, score in answer]
+    assert scores == sorted(scores, reverse=True)
+    items = [item for item, _ in answer]
+    assert all(int(dataset.token2id(dataset.iid_field, i)) > 0 for i in items)
+    seen = set(dataset.id2token(dataset.iid_field, rec.histories[uid]).tolist())
+    if rec.topk_cache is None:
+        assert not seen & set(items)
+    if rec.sequential:
+        history = list(dataset.id2token(dataset.iid_field, rec.histories[uid][:3]))
+        again = rec.recommend(history=history, k=k)
+        assert 0 < len(again) <= k and not set(history) & {i for i, _ in again}
+    return rec, answer
+
+
 @pytest.fixture(autouse=True)
 def isolated_run(tmp_path, monkeypatch):
     """RecBole writes log/ and saved/ in the cwd and reads sys.argv as options."""

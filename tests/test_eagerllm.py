@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BEAUTY_TINY, build_model
+from conftest import BEAUTY_TINY, build_model, check_recommender
 from recbole_llm.model.eagerllm.index import build_dual_source_codes
 from recbole_llm.model.layers import MLPProjector, info_nce
 from recbole_llm.tokenization import hierarchical_kmeans
@@ -150,6 +150,9 @@ def test_end_to_end_on_ml100k_under_a_minute(cli, tmp_path):
     assert out.returncode == 0, log[-3000:]
     assert "Annealing adapter tuning" in log and "test result" in log and "ndcg@10" in log
     assert elapsed < 60, f"took {elapsed:.0f} s"
+    rec, _ = check_recommender(next((tmp_path / "saved").glob("EAGERLLM-*.pth")),
+                               llm_cache_dir=str(tmp_path / "cache"))
+    assert rec.topk_cache is None  # no cache built: items ranked by beam search
 
 
 def _build_here(settings, tmp_path):

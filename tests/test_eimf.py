@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BEAUTY_TINY, ML_TINY_ARGS, build_model, logged_test_metric, send_json, serve
+from conftest import (BEAUTY_TINY, ML_TINY_ARGS, build_model, check_recommender,
+                      logged_test_metric, send_json, serve)
 from recbole_llm.model.eimf.esim import (affinity_clusters, parse_interests, recent_text,
                                          semantic_interests)
 from recbole_llm.model.eimf.ibim import IBIM
@@ -267,6 +268,8 @@ def test_end_to_end_on_ml_tiny(cli, tmp_path):
     assert "EIMF ESIM:" in log and "llm_calls_saved" in log
     ndcg = logged_test_metric(log, "ndcg@10")
     assert math.isfinite(ndcg) and 0.0 <= ndcg <= 1.0
+    check_recommender(next((tmp_path / "saved").glob("EIMF-*.pth")),
+                      llm_cache_dir=str(tmp_path / "cache"))
 
 
 def test_exemplar_interests_from_a_pretrained_llm_path(tiny_llm_path, tmp_path):

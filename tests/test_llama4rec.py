@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ML_TINY, build_model
+from conftest import ML_TINY, build_model, check_recommender
 from recbole_llm.llm.client import CachedClient, LLMClient
 from recbole_llm.model.llama4rec.aggregation import aggregate_order, long_tail_alpha
 from recbole_llm.model.llama4rec.prompts import LABELS, parse_choice
@@ -295,6 +295,9 @@ def test_end_to_end_per_base_model(cli, tmp_path, base, extra):
     for phrase in ("instruction tuning: loss", "data augmentation: 16 prompts",
                    "valid with LLM re-ranking", "test result", "ndcg@5"):
         assert phrase in log, phrase
+    if base == "BPR":  # the inference API on the LLM-reranked recommender
+        check_recommender(next((tmp_path / "saved").glob("Llama4Rec-*.pth")),
+                          llm_cache_dir=str(tmp_path / "cache"))
 
 
 def test_bad_base_model_is_a_clear_error(cli):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BEAUTY_TINY, ML_TINY_ARGS, build_model, logged_test_metric
+from conftest import BEAUTY_TINY, ML_TINY_ARGS, build_model, check_recommender, logged_test_metric
 from recbole_llm.model.screc.tokenizer import AlignedRQVAE, train_alignment_tokenizer
 from recbole_llm.serving import TopKCache, load_model
 
@@ -238,6 +238,11 @@ def test_end_to_end_then_serving_from_the_topk_cache(cli, tmp_path):
         model.llm.get_input_embeddings().weight[5] += 1.0
     stale = TopKCache(model, dataset)
     assert stale.key != store.key and not stale.is_built()
+    # the inference API answers a user from the built cache, a history by beam search
+    rec, served = check_recommender(checkpoint, k=10, llm_cache_dir=str(tmp_path / "cache"))
+    uid = next(u for u in range(1, len(rec.histories)) if len(rec.histories[u]))
+    user = rec.dataset.id2token(rec.dataset.uid_field, uid)
+    assert rec.topk_cache is not None and served == rec.topk_cache.topk(user, 10)
 
 
 def test_a_checkpoint_with_other_item_codes_is_refused(screc):

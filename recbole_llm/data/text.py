@@ -201,52 +201,62 @@ class ItemTextMixin:
         return self._text_cache["items"]
 
     def user_histories(self) -> list:
-        """Each user's items in time order, indexed by internal user id.
-
-        On a split dataset (``train_data.dataset``) this holds only that split's
-        interactions.  For sequential datasets, whose rows are (prefix, target)
-        pairs, a user's history is its longest prefix plus that target, so it is
-        capped at ``MAX_ITEM_LIST_LENGTH + 1`` items.
-        """
-        inter = self.inter_feat
-        # a DataFrame before build(), an Interaction of tensors after it
-        users = np.asarray(inter[self.uid_field])
-        items = np.asarray(inter[self.iid_field])
-        histories = [np.zeros(0, dtype=np.int64) for _ in range(self.user_num)]
-        list_field = getattr(self, "item_id_list_field", None)
-        if list_field and list_field in inter:
-            lengths = np.asarray(inter[self.item_list_length_field])
-            seqs = np.asarray(inter[list_field])
-            best = {}
-            for row, (u, n) in enumerate(zip(users, lengths)):
-                if n >= best.get(u, (-1, -1))[0]:
-                    best[u] = (n, row)
-            for u, (n, row) in best.items():
-                histories[u] = np.append(seqs[row, :n], items[row]).astype(np.int64)
-            return histories
-        return self.timed_histories()[0]
+        """Each user's items in time order, indexed by internal user id (see
+        :func:`user_histories`)."""
+        return user_histories(self)
 
     def timed_histories(self) -> tuple:
         """``(items, times, ratings)``: per user (internal id), the interactions of
         this dataset (or split) in time order, their times and raw ratings (NaN
         where unknown).  Without a time field, rows keep their file order."""
-        inter = self.inter_feat
-        users = np.asarray(inter[self.uid_field])
-        items = np.asarray(inter[self.iid_field]).astype(np.int64)
-        if self.time_field and self.time_field in inter:
-            times = np.asarray(inter[self.time_field])
-        else:
-            times = np.arange(len(users))
-        order = np.lexsort((times, users))
-        users, items, times = users[order], items[order], times[order]
-        bounds = np.searchsorted(users, np.arange(self.user_num + 1))
-        per_user = [slice(bounds[u], bounds[u + 1]) for u in range(self.user_num)]
-        timed = self.time_field and self.time_field in inter
+        items, times, per_user, timed = _time_ordered(self)
         return ([items[s] for s in per_user], [times[s] for s in per_user],
                 [np.array([self.rating_of(u, i, t if timed else None)
                            for i, t in zip(items[s].tolist(), times[s].tolist())])
                  if self.has_ratings() else np.full(s.stop - s.start, np.nan)
                  for u, s in enumerate(per_user)])
+
+
+def _time_ordered(dataset) -> tuple:
+    """``(items, times, per-user slices, timed)`` of any RecBole dataset's rows,
+    sorted by user then time (file order without a time field)."""
+    inter = dataset.inter_feat
+    users = np.asarray(inter[dataset.uid_field])
+    items = np.asarray(inter[dataset.iid_field]).astype(np.int64)
+    timed = bool(dataset.time_field and dataset.time_field in inter)
+    times = np.asarray(inter[dataset.time_field]) if timed else np.arange(len(users))
+    order = np.lexsort((times, users))
+    users, items, times = users[order], items[order], times[order]
+    bounds = np.searchsorted(users, np.arange(dataset.user_num + 1))
+    return items, times, [slice(bounds[u], bounds[u + 1]) for u in range(dataset.user_num)], timed
+
+
+def user_histories(dataset) -> list:
+    """Each user's items in time order, indexed by internal user id, for any
+    RecBole dataset (the plugin's or RecBole's own).
+
+    On a split dataset (``train_data.dataset``) this holds only that split's
+    interactions.  For sequential datasets, whose rows are (prefix, target)
+    pairs, a user's history is its longest prefix plus that target, so it is
+    capped at ``MAX_ITEM_LIST_LENGTH + 1`` items.
+    """
+    inter = dataset.inter_feat
+    list_field = getattr(dataset, "item_id_list_field", None)
+    if list_field and list_field in inter:
+        users = np.asarray(inter[dataset.uid_field])
+        items = np.asarray(inter[dataset.iid_field])
+        lengths = np.asarray(inter[dataset.item_list_length_field])
+        seqs = np.asarray(inter[list_field])
+        histories = [np.zeros(0, dtype=np.int64) for _ in range(dataset.user_num)]
+        best = {}
+        for row, (u, n) in enumerate(zip(users, lengths)):
+            if n >= best.get(u, (-1, -1))[0]:
+                best[u] = (n, row)
+        for u, (n, row) in best.items():
+            histories[u] = np.append(seqs[row, :n], items[row]).astype(np.int64)
+        return histories
+    items, _, per_user, _ = _time_ordered(dataset)
+    return [items[s] for s in per_user]
 
 
 def _time_key(t) -> float:
