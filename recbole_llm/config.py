@@ -181,6 +181,30 @@ class Config(_RecBoleConfig):
             from recbole_llm.llm.backbone import resolve_llm_path
             final["llm_path"] = resolve_llm_path(final["llm_path"])
 
+    def _init_device(self):
+        """RecBole's multi-process mode is NCCL on GPUs only; without a GPU (or with
+        ``use_gpu: False``) each process joins a gloo group on the CPU instead, so
+        ``--nproc=2`` runs anywhere (``recbole_llm.distributed``)."""
+        import torch
+
+        final = self.final_config_dict
+        cpu = (not torch.cuda.is_available() or not final.get("use_gpu", True)
+               or str(final.get("gpu_id", "")) == "")
+        if "local_rank" not in final or not cpu:
+            return super()._init_device()
+        final["gpu_id"] = str(final.get("gpu_id", ""))
+        rank = final["local_rank"] + final.get("offset", 0)
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(
+                backend="gloo", rank=rank, world_size=final["world_size"],
+                init_method=f"tcp://{final['ip']}:{final['port']}")
+        final["device"] = torch.device("cpu")
+        final["single_spec"] = False
+        if final["local_rank"] != 0:  # one process logs and shows progress
+            final["state"] = "error"
+            final["show_progress"] = False
+            final["verbose"] = False
+
     # --- checks -----------------------------------------------------------
     def _raw_strings(self, config_dict) -> dict:
         """The user's option values as typed (command line, ``config_dict`` strings)."""

@@ -161,9 +161,22 @@ class WeightsOnlyCheckpointMixin:
     """
 
     def __init__(self, config, model):
-        super().__init__(config, model)
-        self.saved_model_file = os.path.join(self.checkpoint_dir,
-                                             unique_checkpoint_name(config["model"]))
+        cpu_group = not config["single_spec"] and config["device"].type == "cpu"
+        if cpu_group:  # RecBole wraps with device_ids=[rank], which CPU modules refuse
+            config["single_spec"] = True
+        try:
+            super().__init__(config, model)
+        finally:
+            if cpu_group:
+                config["single_spec"] = False
+        if cpu_group:
+            self.distributed_model = torch.nn.parallel.DistributedDataParallel(self.model)
+        name = unique_checkpoint_name(config["model"])
+        if not config["single_spec"]:  # rank 0 writes it, every rank reloads it
+            names = [name]
+            torch.distributed.broadcast_object_list(names, src=0)
+            name = names[0]
+        self.saved_model_file = os.path.join(self.checkpoint_dir, name)
         self._train_loader = None
         self._resumed_rng = None
 
@@ -226,6 +239,8 @@ class WeightsOnlyCheckpointMixin:
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
 
     def load_model_weights(self, checkpoint_file):
+        if not self.config["single_spec"]:  # rank 0 may still be writing it
+            torch.distributed.barrier()
         checkpoint = load_checkpoint(checkpoint_file, self.device)
         self.model.load_state_dict(checkpoint["state_dict"])
         self.model.load_other_parameter(checkpoint.get("other_parameter"))

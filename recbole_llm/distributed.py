@@ -1,0 +1,69 @@
+"""Training in several processes, RecBole's way (``--nproc=2``, ``world_size``, ``ip``, ``port``).
+
+RecBole 1.2.1 spawns one process per GPU, joins them in an NCCL group,
+gives each process its share of every batch (``DistributedSampler``),
+averages the gradients (``DistributedDataParallel``) and the evaluation
+metrics (weighted by each share's users).  The plugin keeps that and adds
+CPU processes in a gloo group where no GPU is used (``Config._init_device``),
+a checkpoint name shared by every rank, and a barrier before a rank reloads
+what rank 0 wrote (``recbole_llm.trainer``).  Several machines: run the
+command on each with the same ``world_size``, ``ip`` and ``port`` and its own
+``group_offset`` (the first rank of that machine).
+"""
+import os
+
+import torch
+
+from recbole_llm.errors import InputError
+
+# The command-line keys of the launch (RecBole's names); group_offset is ``offset`` in Config.
+LAUNCH_KEYS = ("nproc", "world_size", "ip", "port", "group_offset")
+
+
+def launch_settings(raw: dict) -> dict:
+    """The launch keys popped from the parsed options (raw strings), checked."""
+    from recbole_llm.options import parse_value
+
+    settings = {"nproc": 1, "world_size": -1, "ip": "localhost", "port": "5678", "offset": 0}
+    for key in LAUNCH_KEYS:
+        if key in raw:
+            value = parse_value(raw.pop(key))
+            name = "offset" if key == "group_offset" else key
+            if key in ("nproc", "world_size", "group_offset") and (
+                    not isinstance(value, int) or isinstance(value, bool)
+                    or value < (1 if key == "nproc" else -1 if key == "world_size" else 0)):
+                raise InputError(f"--{key}: an integer ({'>= 1' if key == 'nproc' else '>= 0'}), "
+                                 f"got {value!r}")
+            settings[name] = str(value) if key in ("ip", "port") else value
+    if settings["world_size"] == -1:
+        settings["world_size"] = settings["nproc"]
+    if settings["offset"] + settings["nproc"] > settings["world_size"]:
+        raise InputError(f"group_offset {settings['offset']} + nproc {settings['nproc']} exceeds "
+                         f"world_size {settings['world_size']}")
+    return settings
+
+
+def _rank_main(rank, model, dataset, config_file_list, options, settings, queue):
+    from recbole_llm.quick_start import run_recbole_llm
+
+    try:
+        result = run_recbole_llm(model=model, dataset=dataset, config_file_list=config_file_list,
+                                 config_dict=dict(settings, local_rank=rank), argv=options)
+        if rank == 0:
+            queue.put(result)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def run_distributed(model, dataset, config_file_list, options, settings):
+    """Train and test in ``settings['nproc']`` processes of a group of
+    ``world_size``; rank 0's result (``run_recbole_llm``'s dict), ``None`` on the
+    machines without rank 0."""
+    import torch.multiprocessing as mp
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(_rank_main, args=(model, dataset, config_file_list, options, settings, queue),
+             nprocs=settings["nproc"], join=True)
+    return None if queue.empty() else queue.get()

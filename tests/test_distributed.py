@@ -1,0 +1,47 @@
+"""RecBole's multi-process training on CPU processes (gloo): the same result as one process."""
+import socket
+
+import pytest
+
+from conftest import ML_TINY_ARGS, logged_test_metric
+
+# one full batch per epoch and no dropout: two processes, each with half the batch and
+# the gradients averaged, train the same model as one process (up to summation order)
+SETTINGS = {
+    "SASRec": ["--MAX_ITEM_LIST_LENGTH=5", "--hidden_size=16", "--inner_size=32", "--n_layers=1",
+               "--n_heads=1", "--hidden_dropout_prob=0.0", "--attn_dropout_prob=0.0",
+               "--learning_rate=0.05", "--epochs=8"],
+    "EIMF": ["--MAX_ITEM_LIST_LENGTH=5", "--hidden_size=16", "--align_weight=0.0",
+             "--semantic_weight=0.0", "--dropout_prob=0.0", "--learning_rate=0.02", "--epochs=4"],
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("model", ["SASRec", "EIMF"])
+def test_two_processes_match_one(cli, tmp_path, model):
+    args = [f"--model={model}", "--dataset=ml-tiny", *ML_TINY_ARGS, "--train_batch_size=20000",
+            "--metrics=['Recall','NDCG','Hit']", "--topk=[10,20]", "--valid_metric=NDCG@20",
+            *SETTINGS[model]]
+    one = cli(*args, timeout=300)
+    two = cli(*args, "--nproc=2", "--ip=127.0.0.1", f"--port={_free_port()}", timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert two.returncode == 0, two.stderr[-3000:]
+    log_one, log_two = one.stdout + one.stderr, two.stdout + two.stderr
+    assert log_two.count("test result") == 1  # rank 0 alone logs
+    for metric in ("recall@20", "ndcg@20", "hit@20", "ndcg@10"):
+        a, b = logged_test_metric(log_one, metric), logged_test_metric(log_two, metric)
+        # each process rounds its share's mean to 4 places before they are averaged
+        assert abs(a - b) <= 2e-4, (metric, a, b)
+    assert logged_test_metric(log_one, "hit@20") > 0  # trained far enough to compare
+
+
+@pytest.mark.parametrize("launch, words", [(["--nproc=0"], "--nproc"),
+                                           (["--nproc=1", "--group_offset=3"], "exceeds world_size")])
+def test_bad_launch_settings_exit_2(cli, launch, words):
+    out = cli("--model=BPR", "--dataset=ml-tiny", *ML_TINY_ARGS, *launch, timeout=120)
+    assert out.returncode == 2 and words in out.stderr
