@@ -1,0 +1,165 @@
+"""Training and evaluation speed and memory of every plugin model beside its baseline.
+
+    python bench/bench_speed.py [--datasets ml-100k amazon_beauty_5core] [--models EIMF SASRec ...]
+                                [--batches 20] [--eval_users 2000] [--threads 1]
+
+Each (dataset, model) runs in its own process with the model's default
+settings and its paper's protocol: it builds the model (``prepare``: data,
+and the model's pre-trained parts: behaviour model, tokenizer, GAT expert,
+base model; read from the plugin cache when an earlier run left them, so
+``prepare`` is a warm-cache time unless the cache was empty), trains
+``--batches`` batches after two warm-up batches (samples/s: training rows
+per second through the model's ``calculate_loss``, backward and the
+optimizer step), then scores test users (users/s: full-sort prediction, or
+labelled rows/s for CTR models) and reports its peak RSS.  Ratios compare a
+plugin model with its baseline in the same run; the estimated epoch is the
+training split's rows at the measured rate (stages outside the main loop,
+such as EAGER's annealing or Llama4Rec's instruction tuning, are not in
+it).  Prints a table and writes it to bench/results/speed.md.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import bench_eagerllm
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = bench_eagerllm.DATA
+# plugin model -> its baseline (RecBole's model the paper compares with, same protocol)
+PAIRS = {"EAGERLLM": "SASRec", "SCRec": "SASRec", "EIMF": "SASRec",
+         "Llama4Rec": "LightGCN", "ELCoRec": "DeepFM"}
+# the baseline run under the plugin model's protocol (its yaml's split and metrics)
+PROTOCOL_OF = {"ELCoRec": "ctr"}  # the others: leave_one_out
+DATASETS = {"ml-100k": {}, "amazon_beauty_5core": {"data_path": DATA}}
+
+ONE_RUN = r"""
+import json, resource, sys, time
+import torch
+spec = json.loads(sys.stdin.read())
+sys.argv = sys.argv[:1]
+from recbole_llm.config import Config
+from recbole_llm.quick_start import build
+from recbole_llm.utils import set_cpu_threads
+from recbole.utils import init_logger, init_seed
+config = Config(model=spec["model"], dataset=spec["dataset"], config_file_list=spec["files"],
+                config_dict=spec["settings"], argv=[])
+set_cpu_threads(config["cpu_threads"])
+init_seed(config["seed"], config["reproducibility"])
+init_logger(config)
+start = time.perf_counter()
+_, (train, valid, test), model, trainer = build(config)
+if hasattr(model, "prepare_semantics"):  # EIMF: ESIM runs before training (EIMFTrainer.fit)
+    model.prepare_semantics(config, train.dataset)
+prepare = time.perf_counter() - start
+model.train()
+rows = seconds = 0.0
+for step, batch in enumerate(train):
+    if step >= spec["batches"] + 2:
+        break
+    batch = batch.to(config["device"])
+    tic = time.perf_counter()
+    trainer.optimizer.zero_grad()
+    loss = model.calculate_loss(batch)
+    loss = sum(loss) if isinstance(loss, tuple) else loss
+    loss.backward()
+    trainer.optimizer.step()
+    if step >= 2:  # two warm-up batches
+        seconds += time.perf_counter() - tic
+        rows += len(batch)
+model.eval()
+users = eval_s = 0.0
+full = config["eval_args"]["mode"]["test"] == "full"  # else labelled rows (CTR)
+with torch.no_grad():
+    for data in test:
+        batch = (data[0] if isinstance(data, tuple) else data).to(config["device"])
+        tic = time.perf_counter()
+        if full:
+            model.full_sort_predict(batch)
+        else:
+            model.predict(batch)
+        eval_s += time.perf_counter() - tic
+        users += len(batch)
+        if users >= spec["eval_users"]:
+            break
+trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+print("RESULT " + json.dumps({
+    "prepare_s": prepare, "train_rows": len(train.dataset), "train_samples_per_s": rows / seconds,
+    "eval_units_per_s": users / eval_s, "eval_unit": "users" if full else "rows",
+    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "trainable_params": trainable, "batches": spec["batches"]}))
+"""
+
+
+def run(model, dataset, protocol, args) -> dict:
+    from recbole_llm.paths import plugin_file
+
+    files = [plugin_file("protocol", f"{protocol}.yaml")] if protocol else []
+    settings = dict(DATASETS[dataset], cpu_threads=args.threads, show_progress=False,
+                    state="WARNING")
+    spec = {"model": model, "dataset": dataset, "files": files, "settings": settings,
+            "batches": args.batches, "eval_users": args.eval_users}
+    tic = time.time()
+    out = subprocess.run([sys.executable, "-c", ONE_RUN], input=json.dumps(spec), text=True,
+                         capture_output=True, cwd=os.path.join(HERE, ".."))
+    line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    if out.returncode or not line:
+        return {"error": (out.stderr.strip().splitlines() or ["?"])[-1][:200]}
+    result = json.loads(line[-1][7:])
+    print(f"{dataset} {model}: {result['train_samples_per_s']:.0f} samples/s, "
+          f"{result['eval_units_per_s']:.0f} {result['eval_unit']}/s, "
+          f"{result['peak_rss_mib']:.0f} MiB ({time.time() - tic:.0f} s)", flush=True)
+    return result
+
+
+def table(results) -> str:
+    lines = ["| dataset | model | train samples/s | x baseline | est. epoch (min) | eval /s | "
+             "x baseline | peak RSS (MiB) | x baseline | prepare (s) | trainable params |",
+             "|---" * 11 + "|"]
+    for (dataset, model), r in results.items():
+        base = results.get((dataset, PAIRS.get(model)), {}) if model in PAIRS else {}
+        if "error" in r:
+            lines.append(f"| {dataset} | {model} | failed: {r['error']} |" + " |" * 9)
+            continue
+
+        def ratio(key):
+            return f"{r[key] / base[key]:.2f}x" if base and "error" not in base else "-"
+        lines.append(
+            f"| {dataset} | {model} | {r['train_samples_per_s']:.0f} | "
+            f"{ratio('train_samples_per_s')} | {r['train_rows'] / r['train_samples_per_s'] / 60:.1f} | "
+            f"{r['eval_units_per_s']:.0f} {r['eval_unit']} | {ratio('eval_units_per_s')} | "
+            f"{r['peak_rss_mib']:.0f} | {ratio('peak_rss_mib')} | {r['prepare_s']:.0f} | "
+            f"{r['trainable_params'] / 1e6:.2f}M |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--models", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--eval_users", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    results = {}
+    for dataset in args.datasets:
+        for model in args.models:
+            protocol = PROTOCOL_OF.get(model, "leave_one_out")
+            for name in (PAIRS[model], model):  # the baseline first, under the same protocol
+                if (dataset, name) not in results:
+                    results[(dataset, name)] = run(name, dataset, protocol, args)
+    command = "python bench/bench_speed.py " + " ".join(sys.argv[1:])
+    text = (f"Default settings per model, {args.threads} thread(s), {os.cpu_count()} cores, "
+            f"{args.batches} training batches after 2 warm-up, up to {args.eval_users} test "
+            f"users; {time.strftime('%Y-%m-%d')}.\n\n    {command}\n\n{table(results)}\n")
+    print(text)
+    with open(os.path.join(HERE, "results", "speed.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(HERE, "results", "speed.json"), "w") as f:
+        json.dump({f"{d}/{m}": r for (d, m), r in results.items()}, f, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
