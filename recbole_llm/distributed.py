@@ -16,25 +16,14 @@ import torch
 
 from recbole_llm.errors import InputError
 
-# The command-line keys of the launch (RecBole's names); group_offset is ``offset`` in Config.
-LAUNCH_KEYS = ("nproc", "world_size", "ip", "port", "group_offset")
-
-
 def launch_settings(raw: dict) -> dict:
     """The launch keys popped from the parsed options (raw strings), checked."""
-    from recbole_llm.options import parse_value
+    from recbole_llm.options import pop_int
 
-    settings = {"nproc": 1, "world_size": -1, "ip": "localhost", "port": "5678", "offset": 0}
-    for key in LAUNCH_KEYS:
-        if key in raw:
-            value = parse_value(raw.pop(key))
-            name = "offset" if key == "group_offset" else key
-            if key in ("nproc", "world_size", "group_offset") and (
-                    not isinstance(value, int) or isinstance(value, bool)
-                    or value < (1 if key == "nproc" else -1 if key == "world_size" else 0)):
-                raise InputError(f"--{key}: an integer ({'>= 1' if key == 'nproc' else '>= 0'}), "
-                                 f"got {value!r}")
-            settings[name] = str(value) if key in ("ip", "port") else value
+    settings = {"nproc": pop_int(raw, "nproc", 1),
+                "world_size": pop_int(raw, "world_size", -1, low=-1),
+                "ip": str(raw.pop("ip", "localhost")), "port": str(raw.pop("port", "5678")),
+                "offset": pop_int(raw, "group_offset", 0, low=0)}
     if settings["world_size"] == -1:
         settings["world_size"] = settings["nproc"]
     if settings["offset"] + settings["nproc"] > settings["world_size"]:

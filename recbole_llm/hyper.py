@@ -31,7 +31,7 @@ import sys
 import yaml
 
 from recbole_llm.errors import InputError
-from recbole_llm.options import parse_argv, parse_value
+from recbole_llm.options import parse_argv, parse_value, pop_int, pop_switch
 
 KINDS = {"choice": None, "uniform": 2, "loguniform": 2, "quniform": 3}
 ALGOS = ("exhaustive", "random", "bayes")
@@ -88,22 +88,14 @@ def sample_values(params: dict) -> dict:
     return sample
 
 
-def _pop_int(raw, key, default, low=1):
-    text = raw.pop(key, None)
-    value = default if text is None else parse_value(text)
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise InputError(f"--{key}: an integer >= {low}, got {text}")
-    return value
-
-
 def prepare(argv) -> dict:
     """The search asked for on the command line, checked; ``{params, files, algo, ...}``."""
     from recbole_llm.config import Config
     from recbole_llm.quick_start import check_inputs
 
     raw = parse_argv(argv)
-    if parse_value(raw.pop("hyper", "true")) is not True:
-        raise InputError("--hyper takes no value (or True)")
+    if not pop_switch(raw, "hyper", True):
+        raise InputError("--hyper=False: leave it out to run one model")
     if "params_file" not in raw:
         raise InputError("--hyper needs --params_file=FILE (RecBole's format: name kind values)")
     params = read_params_file(raw.pop("params_file"))
@@ -113,7 +105,7 @@ def prepare(argv) -> dict:
     if algo == "exhaustive" and set(params) != {"choice"}:
         raise InputError("--algo=exhaustive searches choice parameters only: use random or "
                          "bayes for uniform / loguniform / quniform ranges")
-    max_evals, early_stop = _pop_int(raw, "max_evals", 100), _pop_int(raw, "early_stop", 10)
+    max_evals, early_stop = pop_int(raw, "max_evals", 100), pop_int(raw, "early_stop", 10)
     model, dataset = raw.pop("model", None), raw.pop("dataset", None)
     if not model or not dataset:
         raise InputError("--hyper needs --model=NAME and --dataset=NAME")

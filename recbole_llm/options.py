@@ -57,6 +57,23 @@ def parse_argv(argv) -> dict:
     return raw
 
 
+def pop_switch(raw: dict, key: str, default: bool = False) -> bool:
+    """A True/False command option (``--force=True``) taken out of parsed ``raw`` options."""
+    value = parse_value(raw.pop(key, str(default)))
+    if not isinstance(value, bool):
+        raise InputError(f"--{key}: True or False, got {value!r}")
+    return value
+
+
+def pop_int(raw: dict, key: str, default: int, low: int = 1) -> int:
+    """An integer command option of at least ``low`` taken out of parsed ``raw`` options."""
+    text = raw.pop(key, None)
+    value = default if text is None else parse_value(text)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise InputError(f"--{key}: an integer >= {low}, got {text}")
+    return value
+
+
 class SafeConfigLoader(yaml.SafeLoader):
     """PyYAML's safe loader with RecBole's float rule (``1e-3`` is a float)."""
 

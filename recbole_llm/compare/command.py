@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 from recbole_llm.errors import InputError
-from recbole_llm.options import parse_argv, parse_value
+from recbole_llm.options import parse_argv, parse_value, pop_switch
 from recbole_llm.paths import plugin_file
 
 # Settings that decide which rows exist, how they split and how they are scored:
@@ -95,8 +95,8 @@ def _list(raw: dict, key: str, default=None) -> list:
 def parse(argv) -> Plan:
     """The comparison asked for on the command line; bad input is an :class:`InputError`."""
     raw = parse_argv(argv)
-    if parse_value(raw.pop("compare", "true")) is not True:
-        raise InputError("--compare takes no value (or True)")
+    if not pop_switch(raw, "compare", True):
+        raise InputError("--compare=False: leave it out to run one model")
     models = _list(raw, "models")
     seeds_text = _list(raw, "seeds", ["2020"])
     try:
@@ -113,9 +113,7 @@ def parse(argv) -> Plan:
     protocol_name = raw.pop("protocol", DEFAULT_PROTOCOL)
     protocol = _protocol_file(protocol_name)
     config_files = [os.path.abspath(p) for p in raw.pop("config_files", "").split()]
-    force = parse_value(raw.pop("force", "false"))
-    if not isinstance(force, bool):
-        raise InputError("--force: True or False")
+    force = pop_switch(raw, "force")
     results_dir = raw.pop("results_dir", None)
     common, scoped = {}, {}
     for key, value in raw.items():
