@@ -17,6 +17,9 @@ that would otherwise fail *silently* is refused loudly instead.
   where ``pkg_resources`` is missing, a stand-in gives ray exactly the four
   names it uses (any other name is an error that says so), and ``np.bool8``
   is aliased, so ``from recbole.quick_start import run_recbole`` works.
+* RecBole's ``Config`` calls ``eval`` on every command-line value and
+  ``config_dict`` string and reads yaml with ``FullLoader``: its own
+  ``run_recbole`` reads them as data too (``recbole_llm.options``).
 * torch >= 2.6 loads checkpoints weights-only; the plugin trainer writes
   checkpoints that load that way (``recbole_llm.trainer``), and RecBole's own
   ``get_trainer`` (``run_recbole``, ``objective_function``) returns trainers
@@ -98,6 +101,18 @@ def _patch_pkg_resources():
     sys.modules.update({"pkg_resources": module, "pkg_resources._vendor": vendor,
                         "pkg_resources._vendor.packaging": packaging,
                         "pkg_resources._vendor.packaging.version": packaging.version})
+
+
+def _patch_recbole_config():
+    """RecBole's own ``Config`` (``run_recbole``, ``objective_function``) reads values
+    as data too: literals instead of ``eval``, yaml with a safe loader."""
+    from recbole.config import Config
+
+    from recbole_llm.options import SafeConfigLoader, parse_value
+
+    Config._build_yaml_loader = lambda self: SafeConfigLoader
+    Config._convert_config_dict = lambda self, values: {
+        key: parse_value(value) for key, value in values.items()}
 
 
 def _patch_recbole_trainers():
@@ -187,6 +202,7 @@ def apply():
     _patch_scipy()
     check_pandas_version()
     _patch_pkg_resources()
+    _patch_recbole_config()
     _patch_recbole_trainers()
     _patch_hyper_tuning()
 

@@ -188,11 +188,17 @@ class Config(_RecBoleConfig):
         import torch
 
         final = self.final_config_dict
-        cpu = (not torch.cuda.is_available() or not final.get("use_gpu", True)
-               or str(final.get("gpu_id", "")) == "")
-        if "local_rank" not in final or not cpu:
+        if not final.get("use_gpu", True):  # honoured in one process too (RecBole ignores it)
+            final["gpu_id"] = ""
+        gpu_id = final.get("gpu_id")
+        gpu_id = ",".join(map(str, gpu_id)) if isinstance(gpu_id, (tuple, list)) else str(
+            gpu_id if gpu_id is not None else "")
+        if "local_rank" not in final:
             return super()._init_device()
-        final["gpu_id"] = str(final.get("gpu_id", ""))
+        # set before torch first queries CUDA, or the device choice would be ignored
+        os.environ["CUDA_VISIBLE_DEVICES"] = final["gpu_id"] = gpu_id
+        if gpu_id and torch.cuda.is_available():
+            return super()._init_device()
         rank = final["local_rank"] + final.get("offset", 0)
         if not torch.distributed.is_initialized():
             torch.distributed.init_process_group(

@@ -32,6 +32,20 @@ def launch_settings(raw: dict) -> dict:
     return settings
 
 
+def check_launch(config, settings) -> None:
+    """Refuse, before any process starts, what several processes cannot run."""
+    model_class = config.model_class
+    if not getattr(model_class, "supports_multi_process", True):
+        raise InputError(f"{config['model']} trains in one process only (--nproc=1): its stages "
+                         "outside RecBole's training loop are not multi-process yet")
+    if config["device"].type == "cuda":
+        gpus = [g for g in str(config["gpu_id"]).split(",") if g.strip()]
+        if len(gpus) < settings["nproc"]:
+            raise InputError(f"--nproc={settings['nproc']} on GPUs needs as many GPUs in "
+                             f"--gpu_id (got '{config['gpu_id']}'), or --use_gpu=False for "
+                             "CPU processes")
+
+
 def _rank_main(rank, model, dataset, config_file_list, options, settings, queue):
     from recbole_llm.quick_start import run_recbole_llm
 

@@ -99,6 +99,7 @@ def run_experiment(config, resume_prefix=None, on_test=None) -> dict:
     start = time.time()
     _, (train, valid, test), model, trainer = build(config, checked=True)
     prepare_s = time.time() - start
+    trainable, total = _parameters(model)  # before training: later stages may freeze parts
     progress = _Progress(resume_prefix) if resume_prefix else None
     curve, fit_before = progress.resume(trainer) if progress else ([], 0.0)
 
@@ -133,7 +134,6 @@ def run_experiment(config, resume_prefix=None, on_test=None) -> dict:
     test_result = trainer.evaluate(test, load_best_model=False,
                                    show_progress=config["show_progress"])
     eval_s = time.time() - start
-    trainable, total = _parameters(model)
     result = {
         "test": plain_result(test_result),
         "best_valid": plain_result(best_valid),

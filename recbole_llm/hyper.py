@@ -132,8 +132,10 @@ class StoredTrials:
     """Finished trials on disk, keyed by their settings and data, so a killed search
     resumes with the trials not yet run."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, params: dict):
         self.path, self.done = path, {}
+        # hyperopt draws quniform values as floats (96.0): whole steps become ints
+        self.stepped = set(params.get("quniform", {}))
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 for line in f:
@@ -146,6 +148,8 @@ class StoredTrials:
         from recbole_llm.config import Config
         from recbole_llm.quick_start import objective_function
 
+        config_dict = {k: int(v) if k in self.stepped and float(v).is_integer() else v
+                       for k, v in config_dict.items()}
         key = run_key(Config(config_dict=config_dict, config_file_list=config_file_list, argv=[]))
         if key in self.done:
             print(f"trial {config_dict}: done before (same settings and data), skipped")
@@ -162,7 +166,7 @@ def search(plan: dict):
     """Run the search; RecBole's ``HyperTuning`` after its trials."""
     from recbole.trainer import HyperTuning
 
-    trials = StoredTrials(plan["output"] + ".trials.jsonl")
+    trials = StoredTrials(plan["output"] + ".trials.jsonl", plan["params"])
     tuner = HyperTuning(trials.objective, params_dict=plan["params"],
                         fixed_config_file_list=plan["files"], algo=plan["algo"],
                         max_evals=plan["max_evals"], early_stop=plan["early_stop"])
@@ -179,10 +183,10 @@ def main(argv=None) -> int:
         return 0
     try:
         plan = prepare(argv)
-    except InputError as err:
+        tuner = search(plan)
+    except InputError as err:  # a trial's value the first-value check could not see
         print(f"recbole-llm: error: {err}", file=sys.stderr)
         return 2
-    tuner = search(plan)
     best = tuner.params2result[tuner.params2str(tuner.best_params)]
     print(f"best params: {tuner.best_params}")
     print(f"best valid: {best['best_valid_result']}")

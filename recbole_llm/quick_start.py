@@ -232,13 +232,14 @@ def main(argv=None):
         raw = parse_argv(argv)
         files = raw.pop("config_files", "").split() or None
         model, dataset = raw.pop("model", "BPR"), raw.pop("dataset", "ml-100k")
-        from recbole_llm.distributed import launch_settings, run_distributed
+        from recbole_llm.distributed import check_launch, launch_settings, run_distributed
         launch = launch_settings(raw)
         options = [f"--{k}={v}" for k, v in raw.items()]
         if launch["nproc"] > 1 or launch["world_size"] > 1:
             # every check a single run makes, once, before any process starts
             config = Config(model=model, dataset=dataset, config_file_list=files, argv=options)
             check_inputs(config)
+            check_launch(config, launch)
             run_distributed(model, dataset, files, options, launch)
         else:
             run_recbole_llm(model=model, dataset=dataset, config_file_list=files, argv=options)

@@ -63,6 +63,7 @@ def load_model(checkpoint: str, **overrides):
     config = Config(model=meta["model"], dataset=meta["dataset"], config_dict=settings, argv=[])
     dataset, _, model, _ = build(config)
     model.load_state_dict(saved["state_dict"])
+    model.load_other_parameter(saved.get("other_parameter"))  # e.g. Pop's counts
     model.eval()
     return config, dataset, model
 
@@ -161,10 +162,11 @@ class Recommender:
 
         self.config, self.dataset, self.model = config, dataset, model
         self.model_type = config["MODEL_TYPE"]
-        if self.model_type not in (ModelType.GENERAL, ModelType.SEQUENTIAL):
+        if self.model_type in (ModelType.CONTEXT, ModelType.DECISIONTREE):
             raise InputError(f"{config['model']} is a {self.model_type.name.lower()} model: it "
                              "scores given (user, item) rows and ranks no catalogue; recommend() "
-                             "serves general and sequential models")
+                             "serves models that rank every item (general, sequential, "
+                             "knowledge-aware, traditional)")
         self.sequential = self.model_type == ModelType.SEQUENTIAL
         self.histories = user_histories(dataset)  # every interaction the dataset holds
         self.topk_cache = None
@@ -206,6 +208,8 @@ class Recommender:
         history, as RecBole's evaluation does."""
         if user is None and history is None:
             raise InputError("recommend() takes user=RAW_ID or history=[RAW_ITEM_ID, ...]")
+        if isinstance(history, (str, bytes)):
+            raise InputError("history is a list of raw item ids, oldest first, not one string")
         if history is not None and not self.sequential:
             raise InputError(f"{self.config['model']} is a general model: it recommends for a "
                              "known user, not for an item history")
@@ -215,7 +219,12 @@ class Recommender:
         items = (self._item_ids(history) if history is not None
                  else self.histories[uid].tolist())
         if history is None and self.topk_cache is not None and k <= self.topk_cache.k:
-            return self.topk_cache.topk(user, k)
+            answer = self.topk_cache.topk(user, self.topk_cache.k)
+            if exclude_seen:  # beam search may return items of the history
+                seen = {str(t) for t in np.atleast_1d(
+                    self.dataset.id2token(self.dataset.iid_field, items))} if items else set()
+                answer = [a for a in answer if a[0] not in seen]
+            return answer[:k]
         if self.sequential and not items:
             raise InputError(f"user {user!r} has no interaction to continue")
         self.model.eval()

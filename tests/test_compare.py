@@ -85,7 +85,8 @@ def test_run_key_follows_data_content(data_copy, tmp_path):
 
 
 def test_summary_mean_spread_and_errors():
-    runs = [{"model": "A", "seed": s, "test": {"ndcg@10": v}, "fit_s": 1.0, "eval_s": 0.1,
+    runs = [{"model": "A", "seed": s, "test": {"ndcg@10": v}, "prepare_s": 2.0, "fit_s": 1.0,
+             "eval_s": 0.1,
              "peak_rss_mib": m, "peak_cuda_mib": None, "trainable_params": 10,
              "valid_curve": [{"ndcg@10": v}]} for s, v, m in ((1, 0.1, 5), (2, 0.3, 7))]
     runs.append({"model": "B", "seed": 1, "error": "ValueError: broken"})
@@ -125,7 +126,13 @@ def test_compare_end_to_end(cli, tmp_path):
     assert records["BPR"]["split"]["eval_args"]["split"] == {"LS": "valid_and_test"}
     assert len(records["BPR"]["valid_curve"]) == 1 and records["BPR"]["trainable_params"] > 0
     assert "| BPR |" in out.stdout  # the table is printed
+    # a killed run's resume files under other settings are never resumed from
+    stale = [results / "runs" / f"DeepFM.seed2020.0123abcd.{part}"
+             for part in ("progress.json", "last.pth")]
+    for path in stale:
+        path.write_text("{}")
     again = cli(*args, timeout=600)
     assert again.returncode == 0
     assert again.stdout.count("done before (same settings and data), skipped") == 4
     assert "DeepFM seed 2020: FAILED" in again.stdout  # a failed run is tried again
+    assert not any(path.exists() for path in stale)

@@ -28,7 +28,8 @@ def test_two_processes_match_one(cli, tmp_path, model):
             "--metrics=['Recall','NDCG','Hit']", "--topk=[10,20]", "--valid_metric=NDCG@20",
             *SETTINGS[model]]
     one = cli(*args, timeout=300)
-    two = cli(*args, "--nproc=2", "--ip=127.0.0.1", f"--port={_free_port()}", timeout=300)
+    two = cli(*args, "--nproc=2", "--use_gpu=False", "--ip=127.0.0.1", f"--port={_free_port()}",
+              timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, two.stderr[-3000:]
     log_one, log_two = one.stdout + one.stderr, two.stdout + two.stderr
@@ -40,8 +41,11 @@ def test_two_processes_match_one(cli, tmp_path, model):
     assert logged_test_metric(log_one, "hit@20") > 0  # trained far enough to compare
 
 
-@pytest.mark.parametrize("launch, words", [(["--nproc=0"], "--nproc"),
-                                           (["--nproc=1", "--group_offset=3"], "exceeds world_size")])
-def test_bad_launch_settings_exit_2(cli, launch, words):
-    out = cli("--model=BPR", "--dataset=ml-tiny", *ML_TINY_ARGS, *launch, timeout=120)
+@pytest.mark.parametrize("model, launch, words", [
+    ("BPR", ["--nproc=0"], "--nproc"),
+    ("BPR", ["--nproc=1", "--group_offset=3"], "exceeds world_size"),
+    ("EAGERLLM", ["--nproc=2"], "one process only"),
+])
+def test_bad_launch_settings_exit_2(cli, model, launch, words):
+    out = cli(f"--model={model}", "--dataset=ml-tiny", *ML_TINY_ARGS, *launch, timeout=120)
     assert out.returncode == 2 and words in out.stderr

@@ -69,6 +69,16 @@ def test_params_file_is_read_as_data(tmp_path):
             read_params_file(str(params))
 
 
+def test_recbole_config_never_runs_a_value(tmp_path):
+    from recbole.config import Config
+
+    marker = tmp_path / "ran"
+    code = f"__import__('os').system('touch {marker}')"
+    config = Config(model="BPR", dataset="ml-tiny",
+                    config_dict={"data_path": DATA, "learning_rate": code})
+    assert config["learning_rate"] == code and not marker.exists()
+
+
 def test_hyper_command_searches_a_plugin_model_and_resumes(cli, tmp_path):
     params = tmp_path / "eimf.hyper"
     params.write_text("num_interests choice [2, 3]\n")
@@ -84,6 +94,11 @@ def test_hyper_command_searches_a_plugin_model_and_resumes(cli, tmp_path):
     assert len(trials) == 2
     again = cli(*args, timeout=600)
     assert again.returncode == 0 and again.stdout.count("done before") == 2
+    # a stepped range of an integer option: hyperopt's 3.0 reaches the model as 3
+    params.write_text("num_interests quniform 2,3,1\n")
+    stepped = cli(*args[:-1], "--algo=random", "--max_evals=1", "--output_file=out/q.result",
+                  timeout=600)
+    assert stepped.returncode == 0, stepped.stderr[-3000:]
 
 
 @pytest.mark.parametrize("line, words", [

@@ -37,7 +37,7 @@ from recbole_llm.paths import plugin_file
 SPLIT_KEYS = ("eval_args", "metrics", "topk", "valid_metric", "valid_metric_bigger",
               "min_history", "threshold", "user_inter_num_interval", "item_inter_num_interval",
               "val_interval", "rm_dup_inter", "filter_inter_by_user_or_item", "seed",
-              "data_path", "load_col", "unused_col")
+              "data_path", "load_col", "unused_col", "benchmark_filename")
 FLAGS = ("--compare", "--force")  # may be written without =True
 DEFAULT_PROTOCOL = "leave_one_out"
 USAGE = __doc__.split("\n\n")[1]
@@ -115,6 +115,10 @@ def parse(argv) -> Plan:
     config_files = [os.path.abspath(p) for p in raw.pop("config_files", "").split()]
     force = pop_switch(raw, "force")
     results_dir = raw.pop("results_dir", None)
+    for key in ("nproc", "world_size"):
+        if key in raw:
+            raise InputError(f"--{key}: a comparison runs each model in one process; train "
+                             "a model on several processes with run_recbole_llm.py --model=...")
     common, scoped = {}, {}
     for key, value in raw.items():
         head, dot, rest = key.partition(".")
@@ -125,8 +129,9 @@ def parse(argv) -> Plan:
                              f"({', '.join(models)}); write --Model.key=value")
         else:
             common[key] = value
-    if results_dir is None:  # the same settings find the same folder again (and skip)
-        digest = hashlib.sha256(json.dumps([models, seeds, protocol_name, sorted(common.items()),
+    if results_dir is None:  # the same settings find the same folder again (and skip);
+        # models and seeds are left out, so adding one reuses the runs already done
+        digest = hashlib.sha256(json.dumps([protocol_name, sorted(common.items()),
                                             sorted((m, sorted(s.items())) for m, s in
                                                    scoped.items()), config_files]).encode())
         stem = os.path.splitext(os.path.basename(protocol))[0]
@@ -174,13 +179,14 @@ def check(plan: Plan) -> dict:
 
 
 def run_key(config) -> str:
-    """What shapes a run's result: its settings (paths as content) and the
-    dataset files' content."""
+    """What shapes a run's result: its settings (paths as content), the dataset
+    files' content, and the hardware settings its times and memory depend on."""
     from recbole_llm.fingerprint import path_fingerprint, settings_fingerprint
 
     memo = config["llm_cache_dir"] or os.path.join(".cache", "recbole_llm")
     parts = {"model": config["model"], "settings": settings_fingerprint(config),
-             "data": path_fingerprint(config["data_path"], memo)}
+             "data": path_fingerprint(config["data_path"], memo),
+             "hardware": [str(config["device"]), config["cpu_threads"], str(config["gpu_id"])]}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -203,19 +209,21 @@ def run_one(plan: Plan, model: str, seed: int, key: str, log=print) -> dict:
     os.makedirs(runs, exist_ok=True)
     stem = os.path.join(runs, f"{model}.seed{seed}")
     out = stem + ".json"
+    resume = f"{stem}.{key}"  # a killed run resumes only under the same settings and data
     if os.path.isfile(out) and not plan.force:
         with open(out) as f:
             record = json.load(f)
         if record.get("key") == key:
             log(f"{model} seed {seed}: done before (same settings and data), skipped")
             return record
-    if plan.force:
-        for path in (f"{stem}.progress.json", f"{stem}.last.pth"):
-            if os.path.isfile(path):
-                os.remove(path)
+    for name in os.listdir(runs):  # other settings' resume files are stale
+        stale = name.startswith(f"{model}.seed{seed}.") and name.endswith(
+            (".progress.json", ".last.pth")) and not name.startswith(f"{model}.seed{seed}.{key}.")
+        if stale or (plan.force and name.startswith(f"{model}.seed{seed}.{key}.")):
+            os.remove(os.path.join(runs, name))
     job = {"model": model, "dataset": plan.dataset, "seed": seed, "key": key,
            "config_files": plan.config_file_list(), "argv": plan.argv(model, seed),
-           "out": out, "resume_prefix": stem}
+           "out": out, "resume_prefix": resume}
     start = time.time()
     with open(stem + ".log", "w") as log_file:
         proc = subprocess.run([sys.executable, "-m", "recbole_llm.compare.worker"],

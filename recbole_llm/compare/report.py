@@ -11,7 +11,7 @@ import csv
 import os
 import statistics
 
-RUN_COLUMNS = ["model", "seed", "fit_s", "eval_s", "peak_rss_mib", "peak_cuda_mib",
+RUN_COLUMNS = ["model", "seed", "prepare_s", "fit_s", "eval_s", "peak_rss_mib", "peak_cuda_mib",
                "trainable_params", "total_params", "epochs", "error"]
 
 
@@ -29,7 +29,7 @@ def summarize(models, runs) -> list:
             row["test"] = {m: statistics.fmean(r["test"][m] for r in ok) for m in metrics}
             row["test_std"] = ({m: statistics.stdev(r["test"][m] for r in ok) for m in metrics}
                                if len(ok) > 1 else None)
-            for key in ("fit_s", "eval_s"):
+            for key in ("prepare_s", "fit_s", "eval_s"):
                 row[key] = statistics.fmean(r[key] for r in ok)
             row["peak_rss_mib"] = max(r["peak_rss_mib"] for r in ok)
             cuda = [r["peak_cuda_mib"] for r in ok if r.get("peak_cuda_mib") is not None]
@@ -70,7 +70,8 @@ def _params(n) -> str:
 def markdown(summary, header: str, main_metric: str) -> str:
     metrics = metric_names(summary)
     base = summary[0]
-    cols = ["model", *metrics, f"{main_metric} / {base['model']}", "seeds", "train (s)",
+    cols = ["model", *metrics, f"{main_metric} / {base['model']}", "seeds", "prepare (s)",
+            "train (s)",
             "test eval (s)", "peak RSS (MiB)", "peak GPU (MiB)", "trainable params", "errors"]
     lines = [header, "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     for row in summary:
@@ -78,7 +79,8 @@ def markdown(summary, header: str, main_metric: str) -> str:
         cells = [row["model"], *(_cell(row, m) for m in metrics),
                  _ratio(row, base, main_metric) if ok else "-",
                  ",".join(map(str, row["seeds"])) or "-",
-                 f"{row['fit_s']:.1f}" if ok else "-", f"{row['eval_s']:.2f}" if ok else "-",
+                 f"{row['prepare_s']:.1f}" if ok else "-", f"{row['fit_s']:.1f}" if ok else "-",
+                 f"{row['eval_s']:.2f}" if ok else "-",
                  f"{row['peak_rss_mib']:.0f}" if ok else "-",
                  f"{row['peak_cuda_mib']:.0f}" if ok and row["peak_cuda_mib"] is not None else "-",
                  _params(row.get("trainable_params")),
@@ -103,7 +105,7 @@ def write_csv(path, runs, summary) -> list:
     with open(summary_path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["model", "n_seeds"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
-                        + ["fit_s", "eval_s", "peak_rss_mib", "peak_cuda_mib",
+                        + ["prepare_s", "fit_s", "eval_s", "peak_rss_mib", "peak_cuda_mib",
                            "trainable_params", "errors"])
         for row in summary:
             ok = bool(row.get("test"))
@@ -113,7 +115,7 @@ def write_csv(path, runs, summary) -> list:
                            row["test_std"][m] if ok and row.get("test_std") else ""]
             writer.writerow([row["model"], len(row["seeds"]), *values,
                              *(row.get(k, "") if ok else "" for k in
-                               ("fit_s", "eval_s", "peak_rss_mib", "peak_cuda_mib",
+                               ("prepare_s", "fit_s", "eval_s", "peak_rss_mib", "peak_cuda_mib",
                                 "trainable_params")), "; ".join(row["errors"])])
     return [runs_path, summary_path]
 

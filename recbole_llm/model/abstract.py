@@ -26,6 +26,10 @@ class PluginModel:
 
     #: True for a model wrapping a conventional one named by ``base_model``
     wraps_base_model = False
+    #: False where a stage outside RecBole's training loop (a behaviour model, LLM
+    #: fine-tuning stages, file moves between stages) is not yet safe in several
+    #: processes: ``--nproc`` > 1 is refused before any process starts
+    supports_multi_process = True
 
     @classmethod
     def property_files(cls) -> list:

@@ -38,6 +38,8 @@ def as_list(templates) -> list:
 class GenerativeRecommender(LLMRecommender, SequentialRecommender):
     """RecBole sequential model generating the next item's codes; see the module docstring."""
 
+    supports_multi_process = False  # see PluginModel
+
     input_type = InputType.POINTWISE
     #: task -> the slot (or slots, in order) its templates fill (``seqrec``: the
     #: next-item task, always on)
