@@ -90,7 +90,13 @@ def table(results, base_name):
 HEADER = ("{data}, leave-one-out by time, full ranking over all items, history 20, "
           f"{os.cpu_count()} CPU cores (one thread per row); RecBole's evaluator.  EIMF: IBIM "
           "self-attentive, 4 interests of 64; ESIM on the small default LLM (random "
-          "initialisation: no pretrained LLM can be had here) and all-MiniLM-L6-v2.")
+          "initialisation: no pretrained LLM can be had here) and all-MiniLM-L6-v2.\n\n"
+          "    {command}")
+COMMANDS = {"eimf_beauty.md": "python bench/bench_eimf.py --rows sasrec ibim eimf_text_w001 --seeds "
+                              "2020 2021 2022; python bench/bench_eimf.py --rows eimf_text",
+            "eimf_ml100k.md": "python bench/bench_eimf.py --rows ml_sasrec ml_ibim "
+                              "ml_eimf_text_w001 --seeds 2020 2021 2022; "
+                              "python bench/bench_eimf.py --rows ml_eimf_text"}
 
 
 def main():
@@ -100,7 +106,7 @@ def main():
         if not done:
             continue
         data = "Amazon Beauty 5-core" if md == "eimf_beauty.md" else "MovieLens-100k"
-        text = HEADER.format(data=data) + "\n\n" + table(done, names[0]) + "\n"
+        text = HEADER.format(data=data, command=COMMANDS[md]) + "\n\n" + table(done, names[0]) + "\n"
         print(text)
         with open(os.path.join(HERE, "results", md), "w") as f:
             f.write(text)
