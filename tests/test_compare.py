@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import DATA, ML_TINY_ARGS
+from conftest import ML_TINY_ARGS
 from recbole_llm.compare import command, report
 from recbole_llm.errors import InputError
 

@@ -1,7 +1,6 @@
 """RecBole's own API where the plugin is installed: run_recbole, HyperTuning, and the
 plugin's --hyper search for any model."""
 import json
-import os
 import subprocess
 import sys
 
