@@ -85,7 +85,7 @@ def finished_rows(names, out_dir) -> dict:
         merged = dict(runs[0])
         merged["seeds"] = [r["settings"].get("seed", FIRST_SEED) for r in runs]
         if len(runs) > 1:
-            keys = runs[0]["test"]
+            keys = [k for k in runs[0]["test"] if all(k in r["test"] for r in runs)]  # shared metrics
             merged["test"] = {k: statistics.fmean(r["test"][k] for r in runs) for k in keys}
             merged["test_std"] = {k: statistics.stdev(r["test"][k] for r in runs) for k in keys}
             if all(r.get("groups") for r in runs):  # head / tail users: mean over seeds
