@@ -64,9 +64,27 @@ def check_paths(config) -> None:
         check_resume_checkpoint(config["resume_checkpoint"], config)
 
 
+def check_protocol(config) -> None:
+    """A model that only scores given pairs (RecBole's CTR models: no
+    ``full_sort_predict``) under full ranking fails at its first validation,
+    after a whole epoch: refuse it before any work."""
+    from recbole.model.abstract_recommender import AbstractRecommender
+
+    mode = (config["eval_args"] or {}).get("mode")
+    modes = set(mode.values()) if isinstance(mode, dict) else {mode}
+    model = registry.get_model_class(config["model"])
+    if "full" in modes and model.full_sort_predict is AbstractRecommender.full_sort_predict:
+        raise InputError(
+            f"{config['model']} scores labelled pairs only (no full ranking), but eval_args "
+            f"mode is {mode!r}: use mode 'labeled' (or a sampled mode such as 'uni100'), e.g. "
+            "--protocol=ctr with --compare")
+
+
 def check_inputs(config) -> None:
-    """Everything checkable before long work: model folders, pandas mode, atomic files."""
+    """Everything checkable before long work: model folders, pandas mode, atomic
+    files, a protocol the model can be evaluated under."""
     try:
+        check_protocol(config)
         check_paths(config)
         check_pandas_copy_on_write()
         check_dataset_files(config)

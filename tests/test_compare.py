@@ -65,6 +65,15 @@ def test_one_protocol_for_every_model(tmp_path):
     assert not os.path.exists(tmp_path / "r")
 
 
+def test_ctr_model_under_full_ranking_refused_up_front(tmp_path):
+    # DeepFM has no full_sort_predict: leave-one-out full ranking would fail after an epoch
+    plan = command.parse(["--compare=True", "--models=BPR,DeepFM", *TINY,
+                          f"--results_dir={tmp_path / 'r'}"])
+    with pytest.raises(InputError, match="DeepFM scores labelled pairs only"):
+        command.check(plan)
+    assert not os.path.exists(tmp_path / "r")
+
+
 def test_bad_input_exits_2_before_any_run(cli, tmp_path):
     out = cli("--compare", "--models=BPR,NoSuchModel", *TINY, f"--results_dir={tmp_path / 'r'}")
     assert out.returncode == 2 and "NoSuchModel" in out.stderr
