@@ -24,6 +24,10 @@ that would otherwise fail *silently* is refused loudly instead.
   checkpoints that load that way (``recbole_llm.trainer``), and RecBole's own
   ``get_trainer`` (``run_recbole``, ``objective_function``) returns trainers
   that do too.
+* RecBole's ``load_data_and_model`` unpickles a ``Config`` and builds RecBole's
+  models only: ``recbole.quick_start`` hands out the plugin's
+  (``recbole_llm.serving.load_data_and_model``), which rebuilds any model,
+  plugin or RecBole, from a weights-only checkpoint.
 * ``HyperTuning``'s exhaustive search hands hyperopt >= 0.2.7 a NumPy
   ``RandomState`` where it needs a ``Generator``, and its result table reads
   ``np.str``: that module sees a NumPy with both fixed; its params file is
@@ -138,6 +142,55 @@ def _patch_recbole_trainers():
         quick_start.get_trainer = get_trainer
 
 
+def _use_plugin_loader(module) -> None:
+    from recbole_llm.serving import load_data_and_model
+
+    module.load_data_and_model = load_data_and_model
+
+
+class _PatchAfterImport:
+    """A meta-path finder that runs ``patch(module)`` once ``name`` has been
+    executed, before any importer copies names out of it (``recbole.quick_start``
+    is imported lazily: it pulls in ray)."""
+
+    def __init__(self, name, patch):
+        self.name, self.patch = name, patch
+
+    def find_spec(self, fullname, path=None, target=None):
+        import importlib.machinery
+
+        if fullname != self.name:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return spec
+        loader, patch = spec.loader, self.patch
+
+        class Loader:
+            def create_module(self, spec):
+                return loader.create_module(spec)
+
+            def exec_module(self, module):
+                loader.exec_module(module)
+                patch(module)
+
+        spec.loader = Loader()
+        return spec
+
+
+def _patch_recbole_loader():
+    import sys
+
+    name = "recbole.quick_start.quick_start"
+    if name in sys.modules:  # imported before recbole_llm
+        _use_plugin_loader(sys.modules[name])
+        package = sys.modules.get("recbole.quick_start")
+        if package is not None:
+            _use_plugin_loader(package)
+    elif not any(isinstance(f, _PatchAfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PatchAfterImport(name, _use_plugin_loader))
+
+
 class _HyperTuningNumpy:
     """NumPy as ``recbole.trainer.hyper_tuning`` sees it: RecBole 1.2.1 hands
     hyperopt a ``RandomState``, hyperopt >= 0.2.7 draws with a ``Generator``
@@ -204,6 +257,7 @@ def apply():
     _patch_pkg_resources()
     _patch_recbole_config()
     _patch_recbole_trainers()
+    _patch_recbole_loader()
     _patch_hyper_tuning()
 
 

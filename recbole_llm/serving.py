@@ -44,6 +44,21 @@ def load_model(checkpoint: str, **overrides):
     """``(config, dataset, model)`` of a plugin checkpoint: its saved settings
     (``overrides`` on top, e.g. ``use_gpu=False``) rebuild the dataset and
     the model, then its weights load."""
+    config, dataset, _, model = load_model_and_data(checkpoint, **overrides)
+    return config, dataset, model
+
+
+def load_data_and_model(model_file: str):
+    """RecBole's ``load_data_and_model`` for any model, plugin or RecBole:
+    ``(config, model, dataset, train_data, valid_data, test_data)``, the
+    splits rebuilt from the checkpoint's settings (RecBole's own reads a
+    pickled ``Config`` and knows RecBole's models only)."""
+    config, dataset, (train, valid, test), model = load_model_and_data(model_file)
+    return config, model, dataset, train, valid, test
+
+
+def load_model_and_data(checkpoint: str, **overrides):
+    """``(config, dataset, (train, valid, test), model)``: see :func:`load_model`."""
     from recbole_llm.config import Config
     from recbole_llm.quick_start import build
     from recbole_llm.trainer import load_checkpoint
@@ -61,11 +76,11 @@ def load_model(checkpoint: str, **overrides):
         settings["train_neg_sample_args"] = None  # RecBole's spelling of "no sampling"
     settings.update(overrides)
     config = Config(model=meta["model"], dataset=meta["dataset"], config_dict=settings, argv=[])
-    dataset, _, model, _ = build(config)
+    dataset, splits, model, _ = build(config)
     model.load_state_dict(saved["state_dict"])
     model.load_other_parameter(saved.get("other_parameter"))  # e.g. Pop's counts
     model.eval()
-    return config, dataset, model
+    return config, dataset, splits, model
 
 
 class TopKCache:

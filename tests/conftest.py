@@ -45,6 +45,26 @@ def logged_test_metric(log: str, metric: str) -> float:
     return ast.literal_eval(line.split("test result", 1)[1].split(": ", 1)[1].strip())[metric]
 
 
+RECBOLE_RELOAD = """
+import json, sys
+import recbole_llm
+from recbole.quick_start import load_data_and_model
+from recbole.trainer import Trainer
+config, model, dataset, train, valid, test = load_data_and_model(sys.argv[1])
+result = Trainer(config, model).evaluate(test, load_best_model=False)
+print("RELOADED", json.dumps({k: float(v) for k, v in result.items()}))
+"""
+
+
+def recbole_reloaded_test_result(checkpoint, cwd) -> dict:
+    """The test result of ``checkpoint`` reloaded in a fresh interpreter through
+    RecBole's own ``load_data_and_model`` and evaluated by RecBole's ``Trainer``."""
+    out = subprocess.run([sys.executable, "-c", RECBOLE_RELOAD, str(checkpoint)], cwd=cwd,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.split("RELOADED", 1)[1])
+
+
 def check_recommender(checkpoint, k: int = 5, **overrides):
     """``recbole_llm.load`` on a trained checkpoint answers a user's top ``k`` in raw
     ids: best first, known items, none of the user's own (unless served from a

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import (BEAUTY_TINY, ML_TINY_ARGS, build_model, check_recommender,
-                      logged_test_metric, send_json, serve)
+                      logged_test_metric, recbole_reloaded_test_result, send_json, serve)
 from recbole_llm.model.eimf.esim import (affinity_clusters, parse_interests, recent_text,
                                          semantic_interests)
 from recbole_llm.model.eimf.ibim import IBIM
@@ -268,8 +268,11 @@ def test_end_to_end_on_ml_tiny(cli, tmp_path):
     assert "EIMF ESIM:" in log and "llm_calls_saved" in log
     ndcg = logged_test_metric(log, "ndcg@10")
     assert math.isfinite(ndcg) and 0.0 <= ndcg <= 1.0
-    check_recommender(next((tmp_path / "saved").glob("EIMF-*.pth")),
-                      llm_cache_dir=str(tmp_path / "cache"))
+    checkpoint = next((tmp_path / "saved").glob("EIMF-*.pth"))
+    check_recommender(checkpoint, llm_cache_dir=str(tmp_path / "cache"))
+    # RecBole's own load_data_and_model knows the plugin model and its splits
+    reloaded = recbole_reloaded_test_result(checkpoint, tmp_path)
+    assert reloaded["ndcg@10"] == pytest.approx(ndcg, abs=1e-4)
 
 
 def test_exemplar_interests_from_a_pretrained_llm_path(tiny_llm_path, tmp_path):
