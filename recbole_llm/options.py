@@ -293,7 +293,10 @@ def check_settings(final: dict) -> None:
     """Checks on the run's final settings that no kind or range says."""
     for key, allowed in CHOICES.items():
         value = final.get(key)
-        if value is not None and str(value).lower() not in allowed:
+        # RecBole lower-cases ``learner`` itself; the plugin's values are compared
+        # exactly, so 'LLM' is an error rather than a silent fall to another branch
+        seen = str(value).lower() if key == "learner" else str(value)
+        if value is not None and seen not in allowed:
             raise InputError(f"option '{key}' must be one of {', '.join(allowed)}, got {value!r}")
     encoding = final.get("encoding")
     if encoding:

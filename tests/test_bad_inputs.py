@@ -150,6 +150,8 @@ PROBES = [
           "'ap_damping'"),
     Probe("EIMF unknown extractor", opts(EAGER, "--model=EIMF", "--interest_extractor=mind"), 2,
           "'interest_extractor' must be one of"),
+    Probe("EIMF source in capitals", opts(EAGER, "--model=EIMF", "--esim_source=LLM"), 2,
+          "'esim_source' must be one of llm, history, got 'LLM'"),
     Probe("SCRec negative task without a sampler",
           opts(EAGER, "--model=SCRec", "--train_neg_sample_args=None"), 2,
           "needs RecBole's sampler: set train_neg_sample_args"),

@@ -138,6 +138,13 @@ class EIMF(LLMRecommender, SequentialRecommender):
         if not config["llm_api_base"] and s.esim_source == "llm":
             from recbole_llm.llm.backbone import load_backbone
 
+            if not s.llm_path:
+                self.logger.warning(
+                    "EIMF ESIM: no llm_path or llm_api_base, so the exemplars' interests come "
+                    "from the small default LLM, randomly initialised: its answers are noise. "
+                    "Set llm_path (a pretrained model folder) or llm_api_base, or use "
+                    "esim_source: history")
+
             corpus = [n for n in names if n] + [s.esim_prompt]
             llm, tokenizer = load_backbone(s, corpus=corpus, cache=cache)
             llm.to(self.device)
