@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 import types
@@ -33,6 +32,7 @@ import types
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, ".."))
 sys.path.insert(0, ROOT)
+from runner import run_for_result  # noqa: E402
 
 
 def model_defaults(model: str) -> dict:
@@ -180,12 +180,8 @@ def main():
         cmd = [sys.executable, os.path.abspath(__file__), "--one", str(n), "--users", str(args.users),
                "--threads", str(args.threads), "--codebook_epochs", str(args.codebook_epochs),
                "--kmeans_iters", str(args.kmeans_iters)]
-        done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        line = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")]
-        if done.returncode or not line:
-            rows.append({"items": n, "error": (done.stderr.strip().splitlines() or ["?"])[-1][:200]})
-        else:
-            rows.append(json.loads(line[-1][7:]))
+        result, stderr = run_for_result(cmd, cwd=ROOT)
+        rows.append(result or {"items": n, "error": (stderr.strip().splitlines() or ["?"])[-1][:200]})
         print(f"{n:,} items: {time.time() - tic:.0f} s", flush=True)
     command = "python bench/bench_catalog.py " + " ".join(sys.argv[1:])
     text = (f"Synthetic catalogs, {args.threads} thread(s), {os.cpu_count()} cores, CPU; "

@@ -20,11 +20,11 @@ it).  Prints a table and writes it to bench/results/speed.md.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 import bench_eagerllm
+from runner import run_for_result
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = bench_eagerllm.DATA
@@ -102,12 +102,10 @@ def run(model, dataset, protocol, args) -> dict:
     spec = {"model": model, "dataset": dataset, "files": files, "settings": settings,
             "batches": args.batches, "eval_users": args.eval_users}
     tic = time.time()
-    out = subprocess.run([sys.executable, "-c", ONE_RUN], input=json.dumps(spec), text=True,
-                         capture_output=True, cwd=os.path.join(HERE, ".."))
-    line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-    if out.returncode or not line:
-        return {"error": (out.stderr.strip().splitlines() or ["?"])[-1][:200]}
-    result = json.loads(line[-1][7:])
+    result, stderr = run_for_result([sys.executable, "-c", ONE_RUN], json.dumps(spec),
+                                    os.path.join(HERE, ".."))
+    if result is None:
+        return {"error": (stderr.strip().splitlines() or ["?"])[-1][:200]}
     print(f"{dataset} {model}: {result['train_samples_per_s']:.0f} samples/s, "
           f"{result['eval_units_per_s']:.0f} {result['eval_unit']}/s, "
           f"{result['peak_rss_mib']:.0f} MiB ({time.time() - tic:.0f} s)", flush=True)

@@ -34,6 +34,15 @@ print("RESULT " + json.dumps(result))
 """
 
 
+def run_for_result(cmd: list, stdin: str = None, cwd: str = None):
+    """Run a bench worker process; ``(its RESULT line's JSON or None, stderr)``."""
+    proc = subprocess.run(cmd, input=stdin, text=True, capture_output=True, cwd=cwd)
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode or not line:
+        return None, proc.stderr
+    return json.loads(line[-1][7:]), proc.stderr
+
+
 def run_row(name: str, settings: dict, out_dir: str, force: bool = False) -> dict:
     """Result of one row (cached in ``out_dir/<name>.json`` unless ``force``)."""
     path = os.path.join(out_dir, f"{name}.json")
@@ -44,12 +53,11 @@ def run_row(name: str, settings: dict, out_dir: str, force: bool = False) -> dic
     print(f"[{time.strftime('%H:%M:%S')}] running {name}: {settings}", flush=True)
     os.makedirs(out_dir, exist_ok=True)
     prefix = os.path.abspath(os.path.join(out_dir, name))  # resume files: <prefix>.last.pth, ...
-    proc = subprocess.run([sys.executable, "-c", ONE_RUN], input=json.dumps(dict(settings, _progress=prefix)),
-                          text=True, capture_output=True, cwd=repo)
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    if proc.returncode or not line:
-        sys.exit(f"row {name} failed:\n{proc.stderr[-4000:]}")
-    result = dict(json.loads(line[-1][7:]), settings=settings)
+    found, stderr = run_for_result([sys.executable, "-c", ONE_RUN],
+                                   json.dumps(dict(settings, _progress=prefix)), repo)
+    if found is None:
+        sys.exit(f"row {name} failed:\n{stderr[-4000:]}")
+    result = dict(found, settings=settings)
     os.makedirs(out_dir, exist_ok=True)
     with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
