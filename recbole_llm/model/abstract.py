@@ -110,9 +110,14 @@ class LLMSettings:
             value = getattr(self, name)
             parts[name] = (path_fingerprint(value, memo_dir) if name in PATH_KEYS and value
                            else value)
-        if self.llm_path:  # how the folder is loaded shapes everything trained on it
-            from recbole_llm.llm.backbone import LOADER_VERSION
+        # how the folder is loaded, or how the small default is built (with the
+        # library that initialises it), shapes everything computed with the LLM
+        from recbole_llm.llm.backbone import LOADER_VERSION, SMALL_DEFAULT_VERSION
+        if self.llm_path:
             parts["llm_loader"] = LOADER_VERSION
+        else:
+            import transformers
+            parts["llm_default"] = f"{SMALL_DEFAULT_VERSION}/transformers-{transformers.__version__}"
         return parts
 
 

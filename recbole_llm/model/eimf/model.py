@@ -53,13 +53,19 @@ AFTER_ESIM = ("hidden_size", "num_interests", "interest_extractor", "routing_ite
 
 
 def encoder_dim(path) -> int:
-    """The text encoder's output size, read from its config (the encoder is not loaded)."""
+    """The text encoder's output size, read from its config (the encoder is not
+    loaded).  Needed to build the model, even to serve it: the checkpoint holds the
+    integration heads it sizes."""
     from transformers import AutoConfig
 
     from recbole_llm.llm.encoder import default_encoder_path
 
-    return AutoConfig.from_pretrained(path or default_encoder_path(),
-                                      local_files_only=True).hidden_size
+    path = path or default_encoder_path()
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=True).hidden_size
+    except (OSError, ValueError) as e:
+        raise InputError(f"text_encoder_path {path!r}: EIMF sizes its semantic heads by this "
+                         f"text encoder and cannot read its config.json ({e})") from None
 
 
 class EIMF(LLMRecommender, SequentialRecommender):
