@@ -47,10 +47,18 @@ ROWS = {
                          semantic_weight=0.1),
     "ml_eimf_text_w001": dict(ML, **EIMF, esim_source="history", align_weight=0.01,
                               semantic_weight=0.01),
+    # positions counted back from the latest item (ComiRec counts from the first)
+    "ml_ibim_latest": dict(ML, **IBIM, interest_positions="latest"),
+    "ml_eimf_latest": dict(ML, **EIMF, esim_source="history", align_weight=0.01,
+                           semantic_weight=0.01, interest_positions="latest"),
+    "ibim_latest": dict(BEAUTY, **IBIM, interest_positions="latest"),
+    "eimf_latest": dict(BEAUTY, **EIMF, esim_source="history", align_weight=0.01,
+                        semantic_weight=0.01, interest_positions="latest"),
 }
-TABLES = {"eimf_beauty.md": ("sasrec", "eimf", "ibim", "eimf_text", "eimf_text_w001"),
+TABLES = {"eimf_beauty.md": ("sasrec", "eimf", "ibim", "eimf_text", "eimf_text_w001",
+                             "ibim_latest", "eimf_latest"),
           "eimf_ml100k.md": ("ml_sasrec", "ml_eimf", "ml_ibim", "ml_eimf_text",
-                             "ml_eimf_text_w001")}
+                             "ml_eimf_text_w001", "ml_ibim_latest", "ml_eimf_latest")}
 
 
 def row(name, force=False, seed=FIRST_SEED):

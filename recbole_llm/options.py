@@ -203,6 +203,7 @@ CHOICES = {
     "code_collision": ("reassign", "extra_code"),
     "align_target": ("input_embeddings", "hidden_mean"),
     "interest_extractor": ("self_attentive", "routing"),
+    "interest_positions": ("first", "latest"),
     "esim_source": ("llm", "history"),
     "aug_decoding": ("constrained", "free"),
     "long_tail_transform": ("log", "linear"),

@@ -27,10 +27,12 @@ def eimf(tmp_path_factory):
     return config, data, model, trainer
 
 
-@pytest.mark.parametrize("extractor", ["self_attentive", "routing"])
-def test_k_distinct_interests_that_ignore_padding(extractor):
+@pytest.mark.parametrize("extractor,positions", [("self_attentive", "first"),
+                                                  ("self_attentive", "latest"),
+                                                  ("routing", "first")])
+def test_k_distinct_interests_that_ignore_padding(extractor, positions):
     torch.manual_seed(0)
-    ibim = IBIM(50, 16, 4, extractor, 3, 32, 6, 0.0).eval()
+    ibim = IBIM(50, 16, 4, extractor, 3, 32, 6, 0.0, positions).eval()
     seq = torch.randint(1, 50, (5, 6))
     lens = torch.tensor([6, 4, 3, 1, 5])
     seq[torch.arange(6)[None] >= lens[:, None]] = 0
@@ -45,6 +47,26 @@ def test_k_distinct_interests_that_ignore_padding(extractor):
     scores = ibim.full_scores(v)
     assert scores.shape == (5, 50)
     assert torch.allclose(scores, (v @ ibim.item_embedding.weight.T).max(1).values)
+
+
+@pytest.mark.parametrize("positions", ["first", "latest"])
+def test_self_attentive_positions_count_from_the_first_or_the_latest_item(positions):
+    """Position 0 made to draw all attention picks the first item (ComiRec) or
+    the latest one, whatever the history's length."""
+    from recbole_llm.model.eimf.ibim import SelfAttentive
+
+    sa = SelfAttentive(4, 1, 4, 6, positions)
+    with torch.no_grad():
+        sa.position.weight.zero_()
+        sa.position.weight[0, 0] = 50.0
+        sa.w1.weight.copy_(torch.eye(4))
+        sa.w2.weight.copy_(torch.tensor([[100.0, 0.0, 0.0, 0.0]]))
+    h = torch.rand(3, 6, 4) * 0.1
+    lens = torch.tensor([6, 3, 1])
+    mask = torch.arange(6)[None] < lens[:, None]
+    out = sa(h, mask)[:, 0]
+    picked = torch.zeros(3, dtype=torch.long) if positions == "first" else lens - 1
+    assert torch.allclose(out, h[torch.arange(3), picked], atol=1e-5)
 
 
 def test_target_attention_leans_on_the_interest_nearest_the_target():

@@ -7,6 +7,9 @@ Two extractors, as in ComiRec:
   the capsules for ``routing_iterations`` rounds and the capsules squashed.
 * ``self_attentive`` (ComiRec-SA): K attention heads over the position-aware
   item embeddings, ``A = softmax(W2 tanh(W1 H^T))``, interests ``A H``.
+  Positions count from the first item of the (right-padded) history, as in
+  ComiRec (``first``), or back from the latest item (``latest``), so that
+  "most recent" is one learned embedding for every history length.
 
 Padding positions never take part.  All that serving needs is here: the
 interests of a history and the item table.
@@ -15,6 +18,7 @@ import torch
 import torch.nn as nn
 
 EXTRACTORS = ("routing", "self_attentive")
+POSITIONS = ("first", "latest")
 
 
 def squash(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -49,15 +53,21 @@ class DynamicRouting(nn.Module):
 
 
 class SelfAttentive(nn.Module):
-    def __init__(self, hidden: int, k: int, attention_hidden: int, max_len: int):
+    def __init__(self, hidden: int, k: int, attention_hidden: int, max_len: int,
+                 positions: str = "first"):
         super().__init__()
+        if positions not in POSITIONS:
+            raise ValueError(f"interest_positions must be one of {POSITIONS}, not {positions!r}")
+        self.from_latest = positions == "latest"
         self.position = nn.Embedding(max_len, hidden)
         self.w1 = nn.Linear(hidden, attention_hidden, bias=False)
         self.w2 = nn.Linear(attention_hidden, k, bias=False)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(h.shape[1], device=h.device)
-        x = h + self.position(positions)[None]
+        positions = torch.arange(h.shape[1], device=h.device)[None]         # [1, L]
+        if self.from_latest:  # 0 = the latest item; padding (masked below) clamped to 0
+            positions = (mask.sum(1, keepdim=True) - 1 - positions).clamp(min=0)
+        x = h + self.position(positions)
         a = self.w2(torch.tanh(self.w1(x))).transpose(1, 2)       # [B, K, L]
         a = a.masked_fill(~mask[:, None, :], float("-inf")).softmax(dim=-1)
         return a @ h                                              # [B, K, H]
@@ -67,14 +77,14 @@ class IBIM(nn.Module):
     """Item table + interest extractor; ``interests(seq, len)`` -> ``[B, K, H]``."""
 
     def __init__(self, n_items: int, hidden: int, k: int, extractor: str, iterations: int,
-                 attention_hidden: int, max_len: int, dropout: float):
+                 attention_hidden: int, max_len: int, dropout: float, positions: str = "first"):
         super().__init__()
         if extractor not in EXTRACTORS:
             raise ValueError(f"interest_extractor must be one of {EXTRACTORS}, not {extractor!r}")
         self.item_embedding = nn.Embedding(n_items, hidden, padding_idx=0)
         self.dropout = nn.Dropout(dropout)
         self.extractor = DynamicRouting(hidden, k, iterations) if extractor == "routing" \
-            else SelfAttentive(hidden, k, attention_hidden, max_len)
+            else SelfAttentive(hidden, k, attention_hidden, max_len, positions)
         nn.init.normal_(self.item_embedding.weight, std=0.02)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()

@@ -48,7 +48,7 @@ from recbole_llm.utils import forked_rng
 ESIM_VERSION = 4
 # settings read only after ESIM (IBIM, the losses): not part of its cache key
 AFTER_ESIM = ("hidden_size", "num_interests", "interest_extractor", "routing_iterations",
-              "attention_hidden", "dropout_prob", "align_weight", "align_temperature",
+              "interest_positions", "attention_hidden", "dropout_prob", "align_weight", "align_temperature",
               "semantic_weight")
 
 
@@ -80,7 +80,7 @@ class EIMF(LLMRecommender, SequentialRecommender):
         self.USER_ID = config["USER_ID_FIELD"]
         self.ibim = IBIM(self.n_items, s.hidden_size, s.num_interests, s.interest_extractor,
                          s.routing_iterations, s.attention_hidden, self.max_seq_length,
-                         s.dropout_prob)
+                         s.dropout_prob, s.interest_positions)
         # the integration heads (training only); the text side's size is the encoder's
         text_dim = encoder_dim(s.text_encoder_path)
         self.sem_proj = nn.Linear(text_dim, s.hidden_size)   # semantic -> interest space

@@ -12,6 +12,7 @@ class EIMFSettings(LLMSettings):
     num_interests: int
     interest_extractor: str
     routing_iterations: int
+    interest_positions: str
     attention_hidden: int
     dropout_prob: float
     # ESIM
