@@ -117,7 +117,7 @@ class LLMSettings:
             parts["llm_loader"] = LOADER_VERSION
         else:
             import transformers
-            parts["llm_default"] = f"{SMALL_DEFAULT_VERSION}/transformers-{transformers.__version__}"
+            parts["llm_default"] = (SMALL_DEFAULT_VERSION, transformers.__version__)
         return parts
 
 

@@ -48,8 +48,8 @@ from recbole_llm.utils import forked_rng
 ESIM_VERSION = 4
 # settings read only after ESIM (IBIM, the losses): not part of its cache key
 AFTER_ESIM = ("hidden_size", "num_interests", "interest_extractor", "routing_iterations",
-              "interest_positions", "attention_hidden", "dropout_prob", "align_weight", "align_temperature",
-              "semantic_weight")
+              "interest_positions", "attention_hidden", "dropout_prob", "align_weight",
+              "align_temperature", "semantic_weight")
 
 
 def encoder_dim(path) -> int:
