@@ -16,7 +16,8 @@ labelled rows/s for CTR models) and reports its peak RSS.  Ratios compare a
 plugin model with its baseline in the same run; the estimated epoch is the
 training split's rows at the measured rate (stages outside the main loop,
 such as EAGER's annealing or Llama4Rec's instruction tuning, are not in
-it).  Prints a table and writes it to bench/results/speed.md.
+it).  Prints a table and writes it to bench/results/speed.md; rows a killed run finished
+(same arguments) are read back from speed.progress.json, not re-measured.
 """
 import argparse
 import json
@@ -152,13 +153,28 @@ def main():
     parser.add_argument("--full_prepare", action="store_true",
                         help="default pre-training stages (else shortened: SHORT_PREPARE)")
     args = parser.parse_args()
+    # rows finished by a killed run with the same arguments are kept (resume)
+    progress = os.path.join(HERE, "results", "speed.progress.json")
+    key = json.dumps(vars(args), sort_keys=True)
+    done = {}
+    if os.path.exists(progress):
+        with open(progress) as f:
+            saved = json.load(f)
+        if saved.get("args") == key:
+            done = saved["rows"]
     results = {}
     for dataset in args.datasets:
         for model in args.models:
             protocol = PROTOCOL_OF.get(model, "leave_one_out")
             for name in (PAIRS[model], model):  # the baseline first, under the same protocol
-                if (dataset, name) not in results:
-                    results[(dataset, name)] = run(name, dataset, protocol, args)
+                if (dataset, name) in results:
+                    continue
+                row = f"{dataset}/{name}"
+                if row not in done or "error" in done[row]:
+                    done[row] = run(name, dataset, protocol, args)
+                    with open(progress, "w") as f:
+                        json.dump({"args": key, "rows": done}, f, indent=1)
+                results[(dataset, name)] = done[row]
     command = "python bench/bench_speed.py " + " ".join(sys.argv[1:])
     prepare = "default pre-training stages" if args.full_prepare else (
         "pre-training stages shortened, so prepare is not a default run's: " + "; ".join(
