@@ -19,7 +19,8 @@ each catalog size, in its own process (its peak RSS is that size's):
   backbone (the model's yaml size, random weights: the cost does not depend
   on them), prompts of a 20-item history: users/s.
 
-Prints a table and writes it to bench/results/catalog.md (JSON beside it).
+Prints a table and writes it to bench/results/catalog.md (JSON beside it); sizes a
+killed run finished (same arguments) are read back from catalog.progress.json.
 """
 import argparse
 import json
@@ -174,14 +175,29 @@ def main():
     if args.one:
         print("RESULT " + json.dumps(one_size(args.one, args)), flush=True)
         return 0
+    # sizes finished by a killed run with the same arguments are kept (resume)
+    progress = os.path.join(HERE, "results", "catalog.progress.json")
+    key = json.dumps({k: v for k, v in vars(args).items() if k != "sizes"}, sort_keys=True)
+    done = {}
+    if os.path.exists(progress):
+        with open(progress) as f:
+            saved = json.load(f)
+        if saved.get("args") == key:
+            done = saved["rows"]
     rows = []
     for n in args.sizes:
+        if str(n) in done and "error" not in done[str(n)]:
+            rows.append(done[str(n)])
+            continue
         tic = time.time()
         cmd = [sys.executable, os.path.abspath(__file__), "--one", str(n), "--users", str(args.users),
                "--threads", str(args.threads), "--codebook_epochs", str(args.codebook_epochs),
                "--kmeans_iters", str(args.kmeans_iters)]
         result, stderr = run_for_result(cmd, cwd=ROOT)
         rows.append(result or {"items": n, "error": (stderr.strip().splitlines() or ["?"])[-1][:200]})
+        done[str(n)] = rows[-1]
+        with open(progress, "w") as f:
+            json.dump({"args": key, "rows": done}, f, indent=1)
         print(f"{n:,} items: {time.time() - tic:.0f} s", flush=True)
     command = "python bench/bench_catalog.py " + " ".join(sys.argv[1:])
     text = (f"Synthetic catalogs, {args.threads} thread(s), {os.cpu_count()} cores, CPU; "
