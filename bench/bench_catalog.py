@@ -98,13 +98,32 @@ def beam_users_per_s(index, tokenizer, s: dict, users: int, history: int = 20) -
     return users / (time.perf_counter() - tic)
 
 
+def build_index(out: dict, name: str, codes, collision: str, k: int, prefixes=None, **kw):
+    """``ItemIndex.build`` with the yaml's collision method; where a code node holds more
+    items than ``k`` that method cannot place them all, so the size is measured with
+    TIGER's extra code instead and the failure is recorded."""
+    from recbole_llm.tokenization import ItemIndex
+
+    if prefixes is not None:
+        kw["prefixes"] = prefixes + (["x"] if collision == "extra_code" else [])
+    try:
+        index = ItemIndex.build(codes, collision=collision, k=k, **kw)
+    except ValueError as err:
+        out[f"{name}_default_collision_error"] = str(err).split(";")[0]
+        collision = "extra_code"
+        if prefixes is not None:
+            kw["prefixes"] = prefixes + ["x"]
+        index = ItemIndex.build(codes, collision=collision, k=k, **kw)
+    out[f"{name}_collision"] = collision
+    return index
+
+
 def one_size(n: int, args) -> dict:
     """Index building and decoding for ``n`` synthetic items (run in a fresh process)."""
     import numpy as np
 
     from recbole_llm.model.eagerllm.index import build_dual_source_codes
     from recbole_llm.model.screc.tokenizer import train_alignment_tokenizer
-    from recbole_llm.tokenization import ItemIndex
     from recbole_llm.utils import set_cpu_threads
 
     set_cpu_threads(args.threads)
@@ -118,9 +137,7 @@ def one_size(n: int, args) -> dict:
                                               args.kmeans_iters, seed=0)
     out["eager_kmeans_s"] = time.perf_counter() - tic
     tic = time.perf_counter()
-    if e["index_collision"] == "extra_code":
-        prefixes = prefixes + ["x"]
-    eager = ItemIndex.build(codes, collision=e["index_collision"], k=e["index_k"], prefixes=prefixes)
+    eager = build_index(out, "eager", codes, e["index_collision"], e["index_k"], prefixes=prefixes)
     tokenizer = tokenizer_with(eager, e["llm_vocab_size"])
     eager.bind(tokenizer)
     out["eager_index_s"] = time.perf_counter() - tic
@@ -135,8 +152,8 @@ def one_size(n: int, args) -> dict:
     stage = train_alignment_tokenizer(beh, text, types.SimpleNamespace(**fields), "cpu")
     out["screc_epoch_s"] = (time.perf_counter() - tic) / args.codebook_epochs
     tic = time.perf_counter()
-    screc = ItemIndex.build(stage["codes"], collision=c["code_collision"], k=c["codebook_size"],
-                            preference=stage["preference"])
+    screc = build_index(out, "screc", stage["codes"], c["code_collision"], c["codebook_size"],
+                        preference=stage["preference"])
     tokenizer = tokenizer_with(screc, c["llm_vocab_size"])
     screc.bind(tokenizer)
     out["screc_index_s"] = time.perf_counter() - tic
@@ -150,17 +167,27 @@ def table(rows) -> str:
     lines = ["| items | EAGER k-means (s) | EAGER codes + trie (s) | EAGER raw collisions | "
              "EAGER beam-20 users/s | SCRec codebook s/epoch | SCRec codes + trie (s) | "
              "SCRec raw collisions | SCRec beam-20 users/s | peak RSS (MiB) |", "|---" * 10 + "|"]
+    notes = []
     for r in rows:
+        for name, label in (("eager", "EAGER"), ("screc", "SCRec")):
+            if r.get(f"{name}_default_collision_error"):
+                notes.append(f"{r['items']:,} items: {label}'s yaml collision handling (reassign) "
+                             f"failed ({r[f'{name}_default_collision_error']}), so that row "
+                             f"uses {r[f'{name}_collision']}.")
         if "error" in r:
             lines.append(f"| {r['items']:,} | failed: {r['error']} |" + " |" * 8)
             continue
         lines.append(
             f"| {r['items']:,} | {r['eager_kmeans_s']:.1f} | {r['eager_index_s']:.1f} | "
-            f"{r['eager_raw_collisions']:.4f} | {r['eager_users_per_s']:.1f} | "
+            f"{r['eager_raw_collisions']:.4f}"
+            f"{' (' + r['eager_collision'] + ')' if r.get('eager_default_collision_error') else ''}"
+            f" | {r['eager_users_per_s']:.1f} | "
             f"{r['screc_epoch_s']:.1f} | {r['screc_index_s']:.1f} | "
-            f"{r['screc_raw_collisions']:.4f} | {r['screc_users_per_s']:.1f} | "
+            f"{r['screc_raw_collisions']:.4f}"
+            f"{' (' + r['screc_collision'] + ')' if r.get('screc_default_collision_error') else ''}"
+            f" | {r['screc_users_per_s']:.1f} | "
             f"{r['peak_rss_mib']:.0f} |")
-    return "\n".join(lines)
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def main():
