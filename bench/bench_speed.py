@@ -17,7 +17,8 @@ plugin model with its baseline in the same run; the estimated epoch is the
 training split's rows at the measured rate (stages outside the main loop,
 such as EAGER's annealing or Llama4Rec's instruction tuning, are not in
 it).  Prints a table and writes it to bench/results/speed.md; rows a killed run finished
-(same arguments) are read back from speed.progress.json, not re-measured.
+(same arguments) are read back from speed.progress.json, not re-measured; the file is
+removed once the table is written.
 """
 import argparse
 import json
@@ -131,7 +132,7 @@ def table(results) -> str:
     for (dataset, model), r in results.items():
         base = results.get((dataset, PAIRS.get(model)), {}) if model in PAIRS else {}
         if "error" in r:
-            lines.append(f"| {dataset} | {model} | failed: {r['error']} |" + " |" * 9)
+            lines.append(f"| {dataset} | {model} | failed: {r['error']} |" + " |" * 8)
             continue
 
         def ratio(key):
@@ -196,6 +197,7 @@ def main():
         f.write(text)
     with open(os.path.join(HERE, "results", "speed.json"), "w") as f:
         json.dump({f"{d}/{m}": r for (d, m), r in results.items()}, f, indent=1)
+    os.remove(progress)  # the table is written: a new run measures again
 
 
 if __name__ == "__main__":

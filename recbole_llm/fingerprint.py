@@ -194,3 +194,40 @@ def module_fingerprint(module) -> str:
         if t.numel():
             h.update(t.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:24]
+
+
+CODE_LIBRARIES = ("torch", "recbole", "transformers", "peft", "numpy", "scipy", "scikit-learn")
+
+
+def code_fingerprint() -> str:
+    """Hash of the plugin's own source and property files (every ``.py`` and
+    ``.yaml`` of the installed package, by content) and the versions of the
+    libraries a run's numbers come from: a stored result (a comparison run)
+    made by other code is not reused."""
+    from importlib import metadata
+
+    import recbole_llm
+
+    global _CODE_FINGERPRINT
+    if _CODE_FINGERPRINT is None:
+        root = os.path.dirname(os.path.abspath(recbole_llm.__file__))
+        h = hashlib.sha256()
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for name in sorted(files):
+                if name.endswith((".py", ".yaml")):
+                    path = os.path.join(folder, name)
+                    h.update(os.path.relpath(path, root).encode() + b"\0")
+                    with open(path, "rb") as f:
+                        h.update(f.read())
+        for library in CODE_LIBRARIES:
+            try:
+                version = metadata.version(library)
+            except metadata.PackageNotFoundError:
+                version = "absent"
+            h.update(f"|{library}={version}".encode())
+        _CODE_FINGERPRINT = h.hexdigest()[:24]
+    return _CODE_FINGERPRINT
+
+
+_CODE_FINGERPRINT = None

@@ -93,6 +93,42 @@ def test_run_key_follows_data_content(data_copy, tmp_path):
     assert key != command.run_key(command.build_config(plan, "BPR", 2020))
 
 
+def test_run_key_follows_code_and_speed_settings(data_copy, monkeypatch):
+    from recbole_llm import fingerprint
+
+    argv = ["--compare=True", "--models=BPR", "--dataset=ml-tiny", *ML_TINY_ARGS[1:],
+            f"--data_path={data_copy}"]
+    plan = command.parse(argv)
+    config = command.build_config(plan, "BPR", 2020)
+    key = command.run_key(config)
+    # other plugin code (or library versions): a stored run is not reused
+    monkeypatch.setattr(fingerprint, "_CODE_FINGERPRINT", "other code")
+    assert command.run_key(config) != key
+    monkeypatch.setattr(fingerprint, "_CODE_FINGERPRINT", None)
+    assert command.run_key(config) == key
+    # an inference batch size changes the stored times and memory, not the metrics
+    slower = command.build_config(command.parse(argv + ["--eval_batch_size=7"]), "BPR", 2020)
+    assert command.run_key(slower) != key
+
+
+def test_code_fingerprint_reads_the_package_source(tmp_path, monkeypatch):
+    import shutil
+
+    import recbole_llm
+    from recbole_llm import fingerprint
+
+    package = tmp_path / "recbole_llm"
+    shutil.copytree(os.path.dirname(recbole_llm.__file__), package,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(recbole_llm, "__file__", str(package / "__init__.py"))
+    monkeypatch.setattr(fingerprint, "_CODE_FINGERPRINT", None)
+    before = fingerprint.code_fingerprint()
+    monkeypatch.setattr(fingerprint, "_CODE_FINGERPRINT", None)
+    with open(package / "compare" / "report.py", "a") as f:
+        f.write("\n# a change\n")
+    assert fingerprint.code_fingerprint() != before
+
+
 def test_summary_mean_spread_and_errors():
     runs = [{"model": "A", "seed": s, "test": {"ndcg@10": v}, "prepare_s": 2.0, "fit_s": 1.0,
              "eval_s": 0.1,
@@ -143,6 +179,6 @@ def test_compare_end_to_end(cli, tmp_path):
         path.write_text("{}")
     again = cli(*args, timeout=600)
     assert again.returncode == 0
-    assert again.stdout.count("done before (same settings and data), skipped") == 4
+    assert again.stdout.count("done before (same settings, data and code), skipped") == 4
     assert "SASRec seed 2020: FAILED" in again.stdout  # a failed run is tried again
     assert not any(path.exists() for path in stale)

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -180,13 +181,16 @@ def check(plan: Plan) -> dict:
 
 def run_key(config) -> str:
     """What shapes a run's result: its settings (paths as content), the dataset
-    files' content, and the hardware settings its times and memory depend on."""
-    from recbole_llm.fingerprint import path_fingerprint, settings_fingerprint
+    files' content, the plugin's code and library versions, and the settings its
+    times and memory depend on (device, threads, inference batch sizes)."""
+    from recbole_llm.fingerprint import code_fingerprint, path_fingerprint, settings_fingerprint
 
     memo = config["llm_cache_dir"] or os.path.join(".cache", "recbole_llm")
+    speed = ("device", "cpu_threads", "gpu_id", "eval_batch_size", "llm_eval_batch_size",
+             "beam_batch_size", "llm_generate_batch_size", "text_encoder_batch_size", "worker")
     parts = {"model": config["model"], "settings": settings_fingerprint(config),
-             "data": path_fingerprint(config["data_path"], memo),
-             "hardware": [str(config["device"]), config["cpu_threads"], str(config["gpu_id"])]}
+             "data": path_fingerprint(config["data_path"], memo), "code": code_fingerprint(),
+             "hardware": {k: str(config.final_config_dict.get(k)) for k in speed}}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -214,13 +218,14 @@ def run_one(plan: Plan, model: str, seed: int, key: str, log=print) -> dict:
         with open(out) as f:
             record = json.load(f)
         if record.get("key") == key:
-            log(f"{model} seed {seed}: done before (same settings and data), skipped")
+            log(f"{model} seed {seed}: done before (same settings, data and code), skipped")
             return record
     for name in os.listdir(runs):  # other settings' resume files are stale
         stale = name.startswith(f"{model}.seed{seed}.") and name.endswith(
-            (".progress.json", ".last.pth")) and not name.startswith(f"{model}.seed{seed}.{key}.")
+            (".progress.json", ".last.pth", ".last-adapter")) and not name.startswith(f"{model}.seed{seed}.{key}.")
         if stale or (plan.force and name.startswith(f"{model}.seed{seed}.{key}.")):
-            os.remove(os.path.join(runs, name))
+            path = os.path.join(runs, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     job = {"model": model, "dataset": plan.dataset, "seed": seed, "key": key,
            "config_files": plan.config_file_list(), "argv": plan.argv(model, seed),
            "out": out, "resume_prefix": resume}

@@ -12,7 +12,7 @@ import os
 import statistics
 
 RUN_COLUMNS = ["model", "seed", "prepare_s", "fit_s", "eval_s", "peak_rss_mib", "peak_cuda_mib",
-               "trainable_params", "total_params", "epochs", "error"]
+               "trainable_params", "total_params", "validations", "error"]
 
 
 def summarize(models, runs) -> list:
@@ -71,7 +71,7 @@ def markdown(summary, header: str, main_metric: str) -> str:
     metrics = metric_names(summary)
     base = summary[0]
     cols = ["model", *metrics, f"{main_metric} / {base['model']}", "seeds", "prepare (s)",
-            "train (s)",
+            "fit (s): train + validation",
             "test eval (s)", "peak RSS (MiB)", "peak GPU (MiB)", "trainable params", "errors"]
     lines = [header, "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     for row in summary:
