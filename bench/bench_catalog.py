@@ -35,7 +35,7 @@ import types
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, ".."))
 sys.path.insert(0, ROOT)
-from runner import run_for_result  # noqa: E402
+from runner import Progress, run_for_result  # noqa: E402
 
 
 def model_defaults(model: str) -> dict:
@@ -206,18 +206,12 @@ def main():
         print("RESULT " + json.dumps(one_size(args.one, args)), flush=True)
         return 0
     # sizes finished by a killed run with the same arguments are kept (resume)
-    progress = os.path.join(HERE, "results", "catalog.progress.json")
-    key = json.dumps({k: v for k, v in vars(args).items() if k != "sizes"}, sort_keys=True)
-    done = {}
-    if os.path.exists(progress):
-        with open(progress) as f:
-            saved = json.load(f)
-        if saved.get("args") == key:
-            done = saved["rows"]
+    progress = Progress(os.path.join(HERE, "results", "catalog.progress.json"),
+                        {k: v for k, v in vars(args).items() if k != "sizes"})
     rows = []
     for n in args.sizes:
-        if str(n) in done and "error" not in done[str(n)]:
-            rows.append(done[str(n)])
+        if progress.done(str(n)):
+            rows.append(progress.rows[str(n)])
             continue
         tic = time.time()
         cmd = [sys.executable, os.path.abspath(__file__), "--one", str(n), "--users", str(args.users),
@@ -225,9 +219,7 @@ def main():
                "--kmeans_iters", str(args.kmeans_iters)]
         result, stderr = run_for_result(cmd, cwd=ROOT)
         rows.append(result or {"items": n, "error": (stderr.strip().splitlines() or ["?"])[-1][:200]})
-        done[str(n)] = rows[-1]
-        with open(progress, "w") as f:
-            json.dump({"args": key, "rows": done}, f, indent=1)
+        progress.save(str(n), rows[-1])
         print(f"{n:,} items: {time.time() - tic:.0f} s", flush=True)
     command = "python bench/bench_catalog.py " + " ".join(sys.argv[1:])
     text = (f"Synthetic catalogs, {args.threads} thread(s), {os.cpu_count()} cores, CPU; "
@@ -239,7 +231,7 @@ def main():
         f.write(text)
     with open(os.path.join(HERE, "results", "catalog.json"), "w") as f:
         json.dump(rows, f, indent=1)
-    os.remove(progress)  # the table is written: a new run measures again
+    progress.finish()  # the table is written: a new run measures again
     return 0
 
 

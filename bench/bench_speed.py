@@ -27,7 +27,7 @@ import sys
 import time
 
 import bench_eagerllm
-from runner import run_for_result
+from runner import Progress, run_for_result
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = bench_eagerllm.DATA
@@ -159,14 +159,7 @@ def main():
                         help="default pre-training stages (else shortened: SHORT_PREPARE)")
     args = parser.parse_args()
     # rows finished by a killed run with the same arguments are kept (resume)
-    progress = os.path.join(HERE, "results", "speed.progress.json")
-    key = json.dumps(vars(args), sort_keys=True)
-    done = {}
-    if os.path.exists(progress):
-        with open(progress) as f:
-            saved = json.load(f)
-        if saved.get("args") == key:
-            done = saved["rows"]
+    progress = Progress(os.path.join(HERE, "results", "speed.progress.json"), vars(args))
     results = {}
     for dataset in args.datasets:
         for model in args.models:
@@ -177,11 +170,9 @@ def main():
                 if (dataset, name) in results:
                     continue
                 row = f"{dataset}/{name}"
-                if row not in done or "error" in done[row]:
-                    done[row] = run(name, dataset, protocol, args)
-                    with open(progress, "w") as f:
-                        json.dump({"args": key, "rows": done}, f, indent=1)
-                results[(dataset, name)] = done[row]
+                if not progress.done(row):
+                    progress.save(row, run(name, dataset, protocol, args))
+                results[(dataset, name)] = progress.rows[row]
     command = "python bench/bench_speed.py " + " ".join(sys.argv[1:])
     prepare = "default pre-training stages" if args.full_prepare else (
         "pre-training stages shortened, so prepare is not a default run's: " + "; ".join(
@@ -197,7 +188,7 @@ def main():
         f.write(text)
     with open(os.path.join(HERE, "results", "speed.json"), "w") as f:
         json.dump({f"{d}/{m}": r for (d, m), r in results.items()}, f, indent=1)
-    os.remove(progress)  # the table is written: a new run measures again
+    progress.finish()  # the table is written: a new run measures again
 
 
 if __name__ == "__main__":

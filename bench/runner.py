@@ -147,3 +147,28 @@ def main(rows: dict, run, out_dir: str, table, header: str, md_path: str):
     print(text)
     with open(md_path, "w") as f:
         f.write(text)
+
+
+class Progress:
+    """Rows a killed benchmark already finished, read back when it runs again
+    with the same arguments (resume); the file goes once the table is written."""
+
+    def __init__(self, path: str, args: dict):
+        self.path, self.key, self.rows = path, json.dumps(args, sort_keys=True), {}
+        if os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            if saved.get("args") == self.key:
+                self.rows = saved["rows"]
+
+    def done(self, row: str) -> bool:
+        return row in self.rows and "error" not in self.rows[row]
+
+    def save(self, row: str, result: dict) -> None:
+        self.rows[row] = result
+        with open(self.path, "w") as f:
+            json.dump({"args": self.key, "rows": self.rows}, f, indent=1)
+
+    def finish(self) -> None:
+        os.remove(self.path)
+
