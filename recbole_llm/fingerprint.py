@@ -200,8 +200,8 @@ CODE_LIBRARIES = ("torch", "recbole", "transformers", "peft", "numpy", "scipy", 
 
 
 def code_fingerprint() -> str:
-    """Hash of the plugin's own source and property files (every ``.py`` and
-    ``.yaml`` of the installed package, by content) and the versions of the
+    """Hash of the plugin's own source (every ``.py`` of the installed package,
+    by content; the property files are in the settings) and the versions of the
     libraries a run's numbers come from: a stored result (a comparison run)
     made by other code is not reused."""
     from importlib import metadata
@@ -215,7 +215,7 @@ def code_fingerprint() -> str:
         for folder, dirs, files in os.walk(root):
             dirs[:] = sorted(d for d in dirs if d != "__pycache__")
             for name in sorted(files):
-                if name.endswith((".py", ".yaml")):
+                if name.endswith(".py"):
                     path = os.path.join(folder, name)
                     h.update(os.path.relpath(path, root).encode() + b"\0")
                     with open(path, "rb") as f:

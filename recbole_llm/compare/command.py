@@ -39,6 +39,9 @@ SPLIT_KEYS = ("eval_args", "metrics", "topk", "valid_metric", "valid_metric_bigg
               "min_history", "threshold", "user_inter_num_interval", "item_inter_num_interval",
               "val_interval", "rm_dup_inter", "filter_inter_by_user_or_item", "seed",
               "data_path", "load_col", "unused_col", "benchmark_filename")
+# Run-only settings that say where files go (the data's content is keyed instead).
+LOCATION_KEYS = frozenset({"checkpoint_dir", "llm_cache_dir", "resume_checkpoint", "data_path",
+                           "config_files", "dataset_save_path", "dataloaders_save_path"})
 FLAGS = ("--compare", "--force")  # may be written without =True
 DEFAULT_PROTOCOL = "leave_one_out"
 USAGE = __doc__.split("\n\n")[1]
@@ -181,16 +184,17 @@ def check(plan: Plan) -> dict:
 
 def run_key(config) -> str:
     """What shapes a run's result: its settings (paths as content), the dataset
-    files' content, the plugin's code and library versions, and the settings its
-    times and memory depend on (device, threads, inference batch sizes)."""
-    from recbole_llm.fingerprint import code_fingerprint, path_fingerprint, settings_fingerprint
+    files' content, the plugin's code and library versions, and every setting that
+    leaves the metrics alone but not the stored times and memory (device, threads,
+    inference batch sizes, ...: the run-only keys other than where files go)."""
+    from recbole_llm.fingerprint import (RUN_ONLY_KEYS, code_fingerprint, path_fingerprint,
+                                         settings_fingerprint)
 
     memo = config["llm_cache_dir"] or os.path.join(".cache", "recbole_llm")
-    speed = ("device", "cpu_threads", "gpu_id", "eval_batch_size", "llm_eval_batch_size",
-             "beam_batch_size", "llm_generate_batch_size", "text_encoder_batch_size", "worker")
+    run_only = sorted(RUN_ONLY_KEYS - LOCATION_KEYS)
     parts = {"model": config["model"], "settings": settings_fingerprint(config),
              "data": path_fingerprint(config["data_path"], memo), "code": code_fingerprint(),
-             "hardware": {k: str(config.final_config_dict.get(k)) for k in speed}}
+             "run": {k: str(config.final_config_dict.get(k)) for k in run_only}}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
