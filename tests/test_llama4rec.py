@@ -560,11 +560,19 @@ def test_alpha_search_picks_the_best_validation_pair_and_saves_it(general, tmp_p
         return rerank(self, users, histories, scores)
 
     model.llm_rerank = counting.__get__(model)
+    validate, curve = trainer._valid_epoch, []
+
+    def recording(*args, **kwargs):  # as the comparison's curve records validations
+        score, result = validate(*args, **kwargs)
+        curve.append(result)
+        return score, result
+
+    trainer._valid_epoch = recording
     try:
         model.rerank = True
         best = trainer.search_alpha(valid)
     finally:
-        del model.llm_rerank
+        del model.llm_rerank, trainer._valid_epoch
         model.settings = settings
     metric = trainer.config["valid_metric"].lower()
     scores = []
@@ -576,7 +584,9 @@ def test_alpha_search_picks_the_best_validation_pair_and_saves_it(general, tmp_p
     pair = model.alpha_pair.tolist()
     model.set_alpha(*pair)
     assert trainer.evaluate(valid, load_best_model=False)[metric] == pytest.approx(max(scores))
-    assert len(calls) == 9 * (len(calls) // 9) and calls[0] == 0  # first pass fills the memo
+    # 9 pairs and the kept one again, for the curve; the first pass fills the memo
+    assert len(calls) % 10 == 0 and calls[0] == 0 and all(calls[len(calls) // 10:])
+    assert len(curve) == 1 and curve[0][metric] == pytest.approx(best[metric])
     path = str(tmp_path / "ckpt.pth")
     trainer._save_checkpoint(0, verbose=False, saved_model_file=path)
     from recbole_llm.trainer import load_checkpoint

@@ -22,6 +22,7 @@ from recbole.trainer import Trainer
 from recbole.utils import set_color
 from tqdm import tqdm
 
+from recbole_llm.experiment import plain_result
 from recbole_llm.fingerprint import dataset_fingerprint, path_fingerprint, recbole_settings
 from recbole_llm.llm.choice import LabelChoiceClient
 from recbole_llm.llm.client import client_from_config
@@ -238,9 +239,10 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
                 valid = self.search_alpha(valid_data, show_progress)
                 if saved:  # the checkpoint serves with the chosen pair
                     self._save_checkpoint(0, verbose=verbose)
-            else:
-                valid = self.evaluate(valid_data, load_best_model=False, show_progress=show_progress)
-            self.logger.info(set_color("valid with LLM re-ranking", "blue") + f": {valid}")
+            else:  # through _valid_epoch, so the re-ranked point joins the validation curve
+                _, valid = self._valid_epoch(valid_data, show_progress=show_progress)
+            self.logger.info(set_color("valid with LLM re-ranking", "blue")
+                             + f": {plain_result(valid)}")
             result = (valid[config["valid_metric"].lower()], valid)
         return result
 
@@ -261,13 +263,16 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
                 if best is None or (valid[metric] > best[2][metric] if self.valid_metric_bigger
                                     else valid[metric] < best[2][metric]):
                     best = (a1, a2, valid)
+            model.set_alpha(best[0], best[1])
+            # the kept pair once more through _valid_epoch (LLM answers reused): the
+            # validation curve ends with the result the checkpoint serves
+            _, valid = self._valid_epoch(valid_data, show_progress=False)
         finally:
             model.keep_llm_outputs(False)
-        model.set_alpha(best[0], best[1])
         self.logger.info(f"alpha search on valid {metric}: "
                          + ", ".join(f"({a1:g}, {a2:g}) {v:.4f}" for a1, a2, v in table)
                          + f"; kept alpha1={best[0]:g}, alpha2={best[1]:g}")
-        return best[2]
+        return valid
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         # the items RecBole will mask (history) must not take re-ranking slots
