@@ -13,6 +13,12 @@ SETTINGS = {
                "--learning_rate=0.05", "--epochs=8"],
     "EIMF": ["--MAX_ITEM_LIST_LENGTH=5", "--hidden_size=16", "--align_weight=0.0",
              "--semantic_weight=0.0", "--dropout_prob=0.0", "--learning_rate=0.02", "--epochs=4"],
+    # ESIM on: every rank clusters users and asks the (tiny, random-init) LLM for the
+    # exemplars' interests before training, into an empty cache of its run
+    "EIMF+ESIM": ["--MAX_ITEM_LIST_LENGTH=5", "--hidden_size=16", "--align_weight=0.1",
+                  "--semantic_weight=0.1", "--dropout_prob=0.0", "--learning_rate=0.02",
+                  "--epochs=4", "--llm_hidden_size=32", "--llm_num_layers=1", "--llm_num_heads=2",
+                  "--llm_vocab_size=400", "--esim_max_new_tokens=8", "--prompt_item_field=title"],
 }
 
 
@@ -22,14 +28,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("model", ["SASRec", "EIMF"])
-def test_two_processes_match_one(cli, tmp_path, model):
-    args = [f"--model={model}", "--dataset=ml-tiny", *ML_TINY_ARGS, "--train_batch_size=20000",
-            "--metrics=['Recall','NDCG','Hit']", "--topk=[10,20]", "--valid_metric=NDCG@20",
-            *SETTINGS[model]]
-    one = cli(*args, timeout=300)
-    two = cli(*args, "--nproc=2", "--use_gpu=False", "--ip=127.0.0.1", f"--port={_free_port()}",
-              timeout=300)
+@pytest.mark.parametrize("case", list(SETTINGS))
+def test_two_processes_match_one(cli, tmp_path, case):
+    args = [f"--model={case.split('+')[0]}", "--dataset=ml-tiny", *ML_TINY_ARGS,
+            "--train_batch_size=20000", "--metrics=['Recall','NDCG','Hit']", "--topk=[10,20]",
+            "--valid_metric=NDCG@20", *SETTINGS[case]]
+    one = cli(*args, f"--llm_cache_dir={tmp_path / 'one'}", timeout=600)
+    two = cli(*args, f"--llm_cache_dir={tmp_path / 'two'}", "--nproc=2", "--use_gpu=False",
+              "--ip=127.0.0.1", f"--port={_free_port()}", timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, two.stderr[-3000:]
     log_one, log_two = one.stdout + one.stderr, two.stdout + two.stderr
@@ -39,6 +45,7 @@ def test_two_processes_match_one(cli, tmp_path, model):
         # each process rounds its share's mean to 4 places before they are averaged
         assert abs(a - b) <= 2e-4, (metric, a, b)
     assert logged_test_metric(log_one, "hit@20") > 0  # trained far enough to compare
+    assert ("EIMF ESIM:" in log_two) == ("ESIM" in case)  # the semantic stage ran (or not)
 
 
 @pytest.mark.parametrize("model, launch, words", [
