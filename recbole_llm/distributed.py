@@ -16,6 +16,45 @@ import torch
 
 from recbole_llm.errors import InputError
 
+
+def world_size() -> int:
+    """Processes training together (1 outside a process group)."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_rows(tensor: torch.Tensor):
+    """Every process's rows of ``tensor`` in rank order, with gradient back to
+    each process's own rows (in-batch negatives of the whole batch, not of one
+    process's share); and where this process's rows start.  Shares may differ
+    in size (they are padded for the collective).  Every process must call it."""
+    if world_size() == 1:
+        return tensor, 0
+    import torch.distributed.nn.functional as dist_nn
+
+    dist = torch.distributed
+    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([len(tensor)], device=tensor.device))
+    sizes = [int(n) for n in sizes]
+    padded = torch.cat([tensor, tensor.new_zeros((max(sizes) - len(tensor), *tensor.shape[1:]))])
+    if tensor.is_floating_point():
+        parts = dist_nn.all_gather(padded)
+    else:  # ids: no gradient
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+    rank = dist.get_rank()
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)]), sum(sizes[:rank])
+
+
+def global_sum(value: torch.Tensor) -> torch.Tensor:
+    """``value`` summed over the processes (no gradient; itself outside a group)."""
+    if world_size() == 1:
+        return value
+    total = value.detach().clone()
+    torch.distributed.all_reduce(total)
+    return total
+
+
 def launch_settings(raw: dict) -> dict:
     """The launch keys popped from the parsed options (raw strings), checked."""
     from recbole_llm.options import pop_int

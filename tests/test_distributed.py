@@ -11,10 +11,9 @@ SETTINGS = {
     "SASRec": ["--MAX_ITEM_LIST_LENGTH=5", "--hidden_size=16", "--inner_size=32", "--n_layers=1",
                "--n_heads=1", "--hidden_dropout_prob=0.0", "--attn_dropout_prob=0.0",
                "--learning_rate=0.05", "--epochs=8"],
-    "EIMF": ["--MAX_ITEM_LIST_LENGTH=5", "--hidden_size=16", "--align_weight=0.0",
-             "--semantic_weight=0.0", "--dropout_prob=0.0", "--learning_rate=0.02", "--epochs=4"],
-    # ESIM on: every rank clusters users and asks the (tiny, random-init) LLM for the
-    # exemplars' interests before training, into an empty cache of its run
+    # EIMF with ESIM: every rank clusters users and asks the (tiny, random-init) LLM for
+    # the exemplars' interests before training, into an empty cache of its run; the
+    # alignment loss contrasts the whole batch's users (gathered from both processes)
     "EIMF+ESIM": ["--MAX_ITEM_LIST_LENGTH=5", "--hidden_size=16", "--align_weight=0.1",
                   "--semantic_weight=0.1", "--dropout_prob=0.0", "--learning_rate=0.02",
                   "--epochs=4", "--llm_hidden_size=32", "--llm_num_layers=1", "--llm_num_heads=2",

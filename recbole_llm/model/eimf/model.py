@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
+from recbole_llm.distributed import gather_rows, global_sum, world_size
 from recbole_llm.errors import InputError
 from recbole_llm.fingerprint import dataset_fingerprint, module_fingerprint, path_fingerprint
 from recbole_llm.model.abstract import LLMRecommender
@@ -194,7 +195,8 @@ class EIMF(LLMRecommender, SequentialRecommender):
                                "prepare_semantics(config, train_dataset) first (EIMFTrainer.fit does)")
         clusters = self.user_cluster[interaction[self.USER_ID]]
         known = clusters >= 0
-        if known.sum() < 2:
+        # several processes: the whole batch counts (every process takes this branch)
+        if global_sum(known.sum()) < 2:
             return loss
         interests, clusters = interests[known], clusters[known]
         semantic, mask = self.semantic[clusters], self.semantic_mask[clusters].float()
@@ -208,24 +210,29 @@ class EIMF(LLMRecommender, SequentialRecommender):
         """InfoNCE between users' interest sets and semantic interest sets: a pair
         scores the mean, over the semantic interests (projected into the interest
         space), of their best cosine with one of the K behavioural interests; a
-        user's own set is the positive, users of other clusters the negatives."""
+        user's own set is the positive, users of other clusters the negatives.
+        Under several processes the negatives are the whole batch's users (gathered),
+        and the loss is scaled so the averaged gradients are the one-process mean's."""
         p = F.normalize(self.sem_proj(semantic), dim=-1)             # [B, M, H]
-        v = F.normalize(interests, dim=-1)                           # [B, K, H]
-        best = torch.einsum("bmh,ckh->bcmk", p, v).max(dim=-1).values   # [B, B, M]
+        v, start = gather_rows(F.normalize(interests, dim=-1))       # [N, K, H]
+        all_clusters, _ = gather_rows(clusters)
+        best = torch.einsum("bmh,ckh->bcmk", p, v).max(dim=-1).values   # [B, N, M]
         score = (best * mask[:, None, :]).sum(-1) / mask.sum(-1, keepdim=True)
         logits = score / self.settings.align_temperature
-        same = clusters[:, None] == clusters[None, :]
-        same.fill_diagonal_(False)
+        own = torch.arange(len(logits), device=logits.device) + start
+        same = clusters[:, None] == all_clusters[None, :]
+        same[torch.arange(len(logits), device=logits.device), own] = False
         logits = logits.masked_fill(same, float("-inf"))
-        return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+        return F.cross_entropy(logits, own, reduction="sum") * world_size() / len(v)
 
     def semantic_prediction_loss(self, interests, semantic, mask):
         """Each semantic interest predicted from the behavioural interests: 1 - the
-        best cosine between it and one interest mapped into the text space."""
+        best cosine between it and one interest mapped into the text space (the mean
+        over the whole batch's interests, under several processes too)."""
         predicted = F.normalize(self.sem_head(interests), dim=-1)    # [B, K, D]
         target = F.normalize(semantic, dim=-1)                       # [B, M, D]
         best = torch.einsum("bmd,bkd->bmk", target, predicted).max(dim=-1).values   # [B, M]
-        return ((1 - best) * mask).sum() / mask.sum()
+        return ((1 - best) * mask).sum() * world_size() / global_sum(mask.sum())
 
     # ---------------------------------------------------------------- serving
     def full_sort_predict(self, interaction):
