@@ -124,6 +124,12 @@ def prepare(argv) -> dict:
         raise InputError(f"{err} (params_file parameters are checked with their first value)") \
             from None
     check_inputs(config)
+    inert = getattr(config.model_class, "inert_settings", lambda final: {})(
+        config.final_config_dict)
+    for kind in params.values():
+        for name in kind:
+            if name in inert:
+                raise InputError(f"params_file searches {name}, which {inert[name]}")
     return {"params": params, "files": files, "algo": algo, "max_evals": max_evals,
             "early_stop": early_stop, "output": output}
 

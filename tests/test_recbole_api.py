@@ -113,3 +113,20 @@ def test_hyper_command_refuses_bad_parameters_before_any_trial(cli, tmp_path, li
               f"--params_file={params}", "--output_file=out/x.result", timeout=300)
     assert out.returncode == 2 and words in out.stderr
     assert not (tmp_path / "out" / "x.result.trials.jsonl").exists()
+
+
+@pytest.mark.parametrize("line, fixed, words", [
+    ("alpha1 choice [0.3, 0.5]", [], "alpha1, which is replaced by the alpha search"),
+    ("fixed_alpha choice [0.2, 0.4]", [], "fixed_alpha, which is used only with adaptive_alpha"),
+    ("alpha2 choice [0.1, 0.3]", ["--adaptive_alpha=False"], "alpha2, which is not used"),
+])
+def test_hyper_command_refuses_a_search_over_a_setting_without_effect(cli, tmp_path, line, fixed,
+                                                                      words):
+    """Llama4Rec's alpha search replaces alpha1/alpha2: searching them would run the
+    same trial again and again, so it is refused before any trial."""
+    params = tmp_path / "inert.hyper"
+    params.write_text(line + "\n")
+    out = cli("--hyper", "--model=Llama4Rec", "--dataset=ml-tiny", *ML_TINY_ARGS, *fixed,
+              f"--params_file={params}", "--output_file=out/x.result", timeout=300)
+    assert out.returncode == 2 and words in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "out" / "x.result.trials.jsonl").exists()

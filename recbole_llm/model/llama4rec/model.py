@@ -86,6 +86,22 @@ class Llama4Rec(LLMRecommender, AbstractRecommender):
         return cls._specialised[key], recbole_model_yaml(base_name)
 
     @classmethod
+    def inert_settings(cls, final: dict) -> dict:
+        """Settings the final configuration leaves without effect, each with why
+        (a search over one of them would run identical trials)."""
+        if not final.get("adaptive_alpha", True):
+            why = "is not used with adaptive_alpha False (fixed_alpha is)"
+            return {k: why for k in ("alpha1", "alpha2", "alpha_search", "alpha_grid",
+                                     "long_tail_transform")}
+        inert = {"fixed_alpha": "is used only with adaptive_alpha False"}
+        if final.get("alpha_search", False):
+            why = "is replaced by the alpha search over alpha_grid: set alpha_search False"
+            inert.update(alpha1=why, alpha2=why)
+        else:
+            inert["alpha_grid"] = "is searched only with alpha_search True"
+        return inert
+
+    @classmethod
     def check_settings(cls, final: dict) -> None:
         """The LLM re-ranks full rankings (or predicts ratings): sampled ranking
         evaluation would score the base model alone, so it is refused."""
