@@ -88,6 +88,34 @@ def sample_values(params: dict) -> dict:
     return sample
 
 
+def refuse_inert_parameters(config, params: dict, max_combinations: int = 4096) -> None:
+    """A searched parameter that has no effect in every trial (the model's
+    ``inert_settings`` hook says which settings a configuration leaves unused)
+    would make identical trials: an error naming why.  The searched choices are
+    combined, since a searched switch can make a parameter matter in some trials;
+    past ``max_combinations`` nothing is refused."""
+    hook = getattr(config.model_class, "inert_settings", None)
+    if hook is None:
+        return
+    import itertools
+
+    final = config.final_config_dict
+    choices = params.get("choice", {})
+    names = [name for group in params.values() for name in group]
+    reasons = hook(final)
+    suspects = {name for name in names if name in reasons}
+    combos = itertools.product(*([(k, v) for v in values] for k, values in choices.items()))
+    for n, combo in enumerate(combos):
+        if not suspects:
+            return
+        if n == max_combinations:
+            return
+        suspects &= set(hook({**final, **dict(combo)}))
+    for name in names:
+        if name in suspects:
+            raise InputError(f"params_file searches {name}, which {reasons[name]}")
+
+
 def prepare(argv) -> dict:
     """The search asked for on the command line, checked; ``{params, files, algo, ...}``."""
     from recbole_llm.config import Config
@@ -124,12 +152,7 @@ def prepare(argv) -> dict:
         raise InputError(f"{err} (params_file parameters are checked with their first value)") \
             from None
     check_inputs(config)
-    inert = getattr(config.model_class, "inert_settings", lambda final: {})(
-        config.final_config_dict)
-    for kind in params.values():
-        for name in kind:
-            if name in inert:
-                raise InputError(f"params_file searches {name}, which {inert[name]}")
+    refuse_inert_parameters(config, params)
     return {"params": params, "files": files, "algo": algo, "max_evals": max_evals,
             "early_stop": early_stop, "output": output}
 

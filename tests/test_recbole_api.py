@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from conftest import DATA, ML_TINY, ML_TINY_ARGS, recbole_reloaded_test_result
 from recbole_llm.errors import InputError
@@ -130,3 +131,24 @@ def test_hyper_command_refuses_a_search_over_a_setting_without_effect(cli, tmp_p
               f"--params_file={params}", "--output_file=out/x.result", timeout=300)
     assert out.returncode == 2 and words in out.stderr, out.stderr[-2000:]
     assert not (tmp_path / "out" / "x.result.trials.jsonl").exists()
+
+
+@pytest.mark.parametrize("lines", [
+    ["adaptive_alpha choice [True, False]", "fixed_alpha choice [0.2, 0.4]"],
+    ["alpha_search choice [True, False]", "alpha1 choice [0.3, 0.5]"],
+])
+def test_a_searched_switch_makes_its_settings_searchable(lines):
+    """A setting inert under the first value of a searched switch matters under
+    another: not refused."""
+    from recbole_llm.config import Config
+    from recbole_llm.hyper import refuse_inert_parameters
+
+    config = Config(model="Llama4Rec", dataset="ml-100k", argv=[])
+    params = {"choice": {}}
+    for line in lines:
+        name, _, values = line.split(" ", 2)
+        params["choice"][name] = yaml.safe_load(values)
+    refuse_inert_parameters(config, params)        # no error
+    del params["choice"][lines[0].split()[0]]
+    with pytest.raises(InputError, match=lines[1].split()[0]):
+        refuse_inert_parameters(config, params)
