@@ -23,27 +23,31 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def gather_rows(tensor: torch.Tensor):
-    """Every process's rows of ``tensor`` in rank order, with gradient back to
-    each process's own rows (in-batch negatives of the whole batch, not of one
-    process's share); and where this process's rows start.  Shares may differ
-    in size (they are padded for the collective).  Every process must call it."""
+def gather_rows(*tensors: torch.Tensor):
+    """Every process's rows of each tensor (same row count per process), in rank
+    order, with gradient back to each process's own rows of float tensors
+    (in-batch negatives of the whole batch, not of one process's share); and
+    where this process's rows start.  Shares may differ in size (padded for the
+    collective; the sizes are exchanged once).  Every process must call it."""
     if world_size() == 1:
-        return tensor, 0
+        return (*tensors, 0)
     import torch.distributed.nn.functional as dist_nn
 
     dist = torch.distributed
-    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(world_size())]
-    dist.all_gather(sizes, torch.tensor([len(tensor)], device=tensor.device))
+    local = len(tensors[0])
+    sizes = [torch.zeros(1, dtype=torch.long, device=tensors[0].device) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([local], device=tensors[0].device))
     sizes = [int(n) for n in sizes]
-    padded = torch.cat([tensor, tensor.new_zeros((max(sizes) - len(tensor), *tensor.shape[1:]))])
-    if tensor.is_floating_point():
-        parts = dist_nn.all_gather(padded)
-    else:  # ids: no gradient
-        parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded)
-    rank = dist.get_rank()
-    return torch.cat([part[:n] for part, n in zip(parts, sizes)]), sum(sizes[:rank])
+    gathered = []
+    for tensor in tensors:
+        padded = torch.cat([tensor, tensor.new_zeros((max(sizes) - local, *tensor.shape[1:]))])
+        if tensor.is_floating_point():
+            parts = dist_nn.all_gather(padded)
+        else:  # ids: no gradient
+            parts = [torch.empty_like(padded) for _ in sizes]
+            dist.all_gather(parts, padded)
+        gathered.append(torch.cat([part[:n] for part, n in zip(parts, sizes)]))
+    return (*gathered, sum(sizes[:dist.get_rank()]))
 
 
 def global_sum(value: torch.Tensor) -> torch.Tensor:

@@ -105,12 +105,12 @@ def refuse_inert_parameters(config, params: dict, max_combinations: int = 4096) 
     reasons = hook(final)
     suspects = {name for name in names if name in reasons}
     combos = itertools.product(*([(k, v) for v in values] for k, values in choices.items()))
-    for n, combo in enumerate(combos):
+    for combo in itertools.islice(combos, max_combinations):
+        suspects &= set(hook({**final, **dict(combo)}))
         if not suspects:
             return
-        if n == max_combinations:
-            return
-        suspects &= set(hook({**final, **dict(combo)}))
+    if next(combos, None) is not None:  # not every combination seen
+        return
     for name in names:
         if name in suspects:
             raise InputError(f"params_file searches {name}, which {reasons[name]}")

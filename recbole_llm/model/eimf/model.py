@@ -214,8 +214,7 @@ class EIMF(LLMRecommender, SequentialRecommender):
         Under several processes the negatives are the whole batch's users (gathered),
         and the loss is scaled so the averaged gradients are the one-process mean's."""
         p = F.normalize(self.sem_proj(semantic), dim=-1)             # [B, M, H]
-        v, start = gather_rows(F.normalize(interests, dim=-1))       # [N, K, H]
-        all_clusters, _ = gather_rows(clusters)
+        v, all_clusters, start = gather_rows(F.normalize(interests, dim=-1), clusters)  # [N, K, H]
         best = torch.einsum("bmh,ckh->bcmk", p, v).max(dim=-1).values   # [B, N, M]
         score = (best * mask[:, None, :]).sum(-1) / mask.sum(-1, keepdim=True)
         logits = score / self.settings.align_temperature
