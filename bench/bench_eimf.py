@@ -103,7 +103,7 @@ HEADER = ("{data}, leave-one-out by time, full ranking over all items, history 2
 COMMANDS = {"eimf_beauty.md": "python bench/bench_eimf.py --rows sasrec ibim eimf_text_w001 --seeds "
                               "2020 2021 2022; python bench/bench_eimf.py --rows eimf_text ibim_latest; "
                               "python bench/bench_eimf.py --rows ibim_latest --seeds 2021 2022; "
-                              "python bench/bench_eimf.py --rows eimf_latest --seeds 2020",
+                              "python bench/bench_eimf.py --rows eimf_latest --seeds 2020 2021 2022",
             "eimf_ml100k.md": "python bench/bench_eimf.py --rows ml_sasrec ml_ibim "
                               "ml_eimf_text_w001 ml_ibim_latest ml_eimf_latest --seeds 2020 2021 "
                               "2022; python bench/bench_eimf.py --rows ml_eimf_text"}
