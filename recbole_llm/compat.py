@@ -23,7 +23,7 @@ that would otherwise fail *silently* is refused loudly instead.
 * torch >= 2.6 loads checkpoints weights-only; the plugin trainer writes
   checkpoints that load that way (``recbole_llm.trainer``), and RecBole's own
   ``get_trainer`` (``run_recbole``, ``objective_function``) returns trainers
-  that do too.
+  that do too; RecBole's ``Trainer`` built directly saves and resumes that way.
 * RecBole's ``load_data_and_model`` unpickles a ``Config`` and builds RecBole's
   models only: ``recbole.quick_start`` hands out the plugin's
   (``recbole_llm.serving.load_data_and_model``), which rebuilds any model,
@@ -142,6 +142,19 @@ def _patch_recbole_trainers():
         quick_start.get_trainer = get_trainer
 
 
+def _patch_recbole_trainer_checkpoints():
+    """A RecBole ``Trainer`` built directly (``Trainer(config, model)``, not through
+    ``get_trainer``) saves and resumes the plugin's way too: its checkpoints hold
+    plain data, so its own ``evaluate`` reloads them under torch's weights-only
+    default (RecBole pickles its ``Config`` into them)."""
+    from recbole.trainer.trainer import Trainer
+
+    from recbole_llm.trainer import WeightsOnlyCheckpointMixin as plugin
+
+    for name in ("_checkpoint_state", "_save_checkpoint", "resume_checkpoint"):
+        setattr(Trainer, name, getattr(plugin, name))
+
+
 def _use_plugin_loader(module) -> None:
     from recbole_llm.serving import load_data_and_model
 
@@ -257,6 +270,7 @@ def apply():
     _patch_pkg_resources()
     _patch_recbole_config()
     _patch_recbole_trainers()
+    _patch_recbole_trainer_checkpoints()
     _patch_recbole_loader()
     _patch_hyper_tuning()
 

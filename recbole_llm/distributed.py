@@ -3,13 +3,20 @@
 RecBole 1.2.1 spawns one process per GPU, joins them in an NCCL group,
 gives each process its share of every batch (``DistributedSampler``),
 averages the gradients (``DistributedDataParallel``) and the evaluation
-metrics (weighted by each share's users).  The plugin keeps that and adds
-CPU processes in a gloo group where no GPU is used (``Config._init_device``),
-a checkpoint name shared by every rank, and a barrier before a rank reloads
-what rank 0 wrote (``recbole_llm.trainer``).  Several machines: run the
+metrics.  The plugin keeps that and adds CPU processes in a gloo group where
+no GPU is used (``Config._init_device``), a checkpoint name shared by every
+rank, a barrier before a rank reloads what rank 0 wrote, and evaluation
+without the sampler's padding rows (``recbole_llm.trainer``); the helpers
+here let a model's stages before training run in rank 0 first
+(:func:`main_process_first`) and its losses cover the whole batch
+(:func:`gather_rows`, :func:`global_sum`).  Several machines: run the
 command on each with the same ``world_size``, ``ip`` and ``port`` and its own
 ``group_offset`` (the first rank of that machine).
 """
+import contextlib
+import copy
+import datetime
+import itertools
 import os
 
 import torch
@@ -48,6 +55,74 @@ def gather_rows(*tensors: torch.Tensor):
             dist.all_gather(parts, padded)
         gathered.append(torch.cat([part[:n] for part, n in zip(parts, sizes)]))
     return (*gathered, sum(sizes[:dist.get_rank()]))
+
+
+def rank() -> int:
+    """This process's rank in the group (0 outside a group)."""
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def barrier() -> None:
+    """Wait for every process of the group (nothing outside a group)."""
+    if world_size() == 1:
+        return
+    dist = torch.distributed
+    if dist.get_backend() == "nccl":  # the GPU this process uses, not one torch guesses
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
+
+
+_FIRST_STAGES = itertools.count()
+#: how long the other processes wait for rank 0's stages (a cold cache: behaviour
+#: models, text encodings, an LLM's instruction tuning); a collective would give up
+#: after the group's timeout (NCCL: 10 minutes)
+MAIN_FIRST_TIMEOUT = datetime.timedelta(hours=48)
+
+
+@contextlib.contextmanager
+def main_process_first():
+    """Rank 0 runs the block first, the others after it: what rank 0 computed
+    and cached (tokenizers, indexes, pre-trained experts, behaviour models)
+    the others read from the cache instead of computing it again and racing
+    it.  The block must not call collectives (rank 0 runs it alone).  The
+    others wait on the group's key-value store, not a collective, so a long
+    first stage does not run into the collectives' timeout."""
+    if world_size() == 1:
+        yield
+        return
+    from torch.distributed.distributed_c10d import _get_default_store
+
+    key = f"recbole_llm/main_process_first/{next(_FIRST_STAGES)}"
+    store = _get_default_store()
+    if rank() != 0:
+        store.wait([key], MAIN_FIRST_TIMEOUT)
+        yield
+        return
+    try:
+        yield
+    finally:
+        store.set(key, "done")  # also when rank 0 failed: the others fail on their own
+
+
+def single_process_config(config):
+    """A copy of ``config`` for work one process does alone, on whole splits (an
+    inner model trained in rank 0 and cached): RecBole's ``single_spec`` on, so
+    its loaders do not shard and its trainer does not average gradients."""
+    sub = copy.copy(config)
+    sub.final_config_dict = dict(config.final_config_dict)
+    sub.final_config_dict["single_spec"] = True
+    return sub
+
+
+def broadcast_value(value):
+    """Rank 0's ``value`` (a picklable object) on every process."""
+    if world_size() == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def global_sum(value: torch.Tensor) -> torch.Tensor:

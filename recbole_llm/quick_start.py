@@ -21,6 +21,7 @@ from recbole_llm.compat import check_pandas_copy_on_write
 from recbole_llm.config import Config
 from recbole_llm.data.atomic import check_dataset_files
 from recbole_llm.data.history import check_min_history, drop_rows_with_short_history
+from recbole_llm.distributed import main_process_first
 from recbole_llm.errors import InputError
 from recbole_llm.experiment import plain_result
 from recbole_llm.options import parse_argv
@@ -146,14 +147,20 @@ def build(config, checked: bool = False):
     if not checked:
         check_paths(config)
     dataset, (train_data, valid_data, test_data) = prepare_data(config, checked)
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    # Every process builds the same model (its pre-training stages seeded alike; rank 0
+    # first, so the others read what it cached), then draws its own random numbers
+    # for training (RecBole's seed + rank).
+    init_seed(config["seed"], config["reproducibility"])
     model_class = config.model_class  # what Config resolved (a wrapper specialised to its base)
     try:
-        model = model_class(config, train_data.dataset).to(config["device"])
+        with main_process_first():
+            model = model_class(config, train_data.dataset).to(config["device"])
     except InputError:
         raise
     except (ValueError, FileNotFoundError) as err:  # settings the model checks itself
         raise InputError(f"model {config['model']}: {err}") from err
+    if config["local_rank"]:
+        init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     logger.info(model)
     trainer = registry.get_trainer_class(config["model"], config["MODEL_TYPE"])(config, model)
     return dataset, (train_data, valid_data, test_data), model, trainer

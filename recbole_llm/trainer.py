@@ -170,7 +170,7 @@ class WeightsOnlyCheckpointMixin:
             if cpu_group:
                 config["single_spec"] = False
         if cpu_group:
-            self.distributed_model = torch.nn.parallel.DistributedDataParallel(self.model)
+            self.wrap_distributed()
         name = unique_checkpoint_name(config["model"])
         if not config["single_spec"]:  # rank 0 writes it, every rank reloads it
             names = [name]
@@ -179,6 +179,21 @@ class WeightsOnlyCheckpointMixin:
         self.saved_model_file = os.path.join(self.checkpoint_dir, name)
         self._train_loader = None
         self._resumed_rng = None
+        self._eval_loader = None
+        self._eval_rows = None
+        if not config["single_spec"]:
+            collect = self.eval_collector.get_data_struct
+            self.eval_collector.get_data_struct = lambda: self._own_rows(collect())
+
+    def wrap_distributed(self) -> None:
+        """(Re)build the gradient-averaging wrapper RecBole's training loop uses under
+        several processes, for the parameters that train now (a model that adds or
+        freezes parameters between stages calls it again).  CPU processes: no
+        ``device_ids`` (RecBole passes ``[local_rank]``, which CPU modules refuse)."""
+        if self.config["single_spec"]:
+            return
+        ids = [self.config["local_rank"]] if self.device.type == "cuda" else None
+        self.distributed_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None):
@@ -187,6 +202,14 @@ class WeightsOnlyCheckpointMixin:
             set_rng_state(self._resumed_rng, train_data)
             self._resumed_rng = None
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        parts = getattr(self.model, "epoch_losses", dict)()
+        if parts:
+            self.logger.info(f"epoch {epoch_idx} training parts: "
+                             + ", ".join(f"{name} {value:.4f}" for name, value in parts.items()))
+        return loss
 
     def _checkpoint_state(self, epoch):
         return {
@@ -200,7 +223,7 @@ class WeightsOnlyCheckpointMixin:
             "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
             "best_valid_result": _plain(self.best_valid_result),
-            "rng": rng_state(self._train_loader),
+            "rng": rng_state(getattr(self, "_train_loader", None)),
             # PCG64's 128-bit state as text: the weights-only loader takes plain data
             "model_rng": json.dumps(model_rng(self.model).bit_generator.state)
             if model_rng(self.model) is not None else None,
@@ -249,8 +272,62 @@ class WeightsOnlyCheckpointMixin:
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         if eval_data and load_best_model:
             self.load_model_weights(model_file or self.saved_model_file)
-        return super().evaluate(eval_data, load_best_model=False, model_file=None,
-                                show_progress=show_progress)
+        self._eval_loader = eval_data
+        result = super().evaluate(eval_data, load_best_model=False, model_file=None,
+                                  show_progress=show_progress)
+        if isinstance(result, dict):  # plain floats, not NumPy scalars, in logs and results
+            result = type(result)((key, _plain(value)) for key, value in result.items())
+        return result
+
+    # Several processes: RecBole's evaluation gives each process an equal share, padded
+    # with repeated rows (``DistributedSampler``), and averages the processes' metrics
+    # weighted by 4 per batch (the length of a batch tuple).  Here a process drops its
+    # padding row, and the metrics are weighted by the users (ranking) or rows (CTR)
+    # each process evaluated; CTR scores and labels are pooled first, so AUC is the
+    # AUC of all rows, as in one process.
+    _ROW_KEYS = ("rec.topk", "rec.meanrank", "rec.score", "rec.items", "data.label")
+
+    def _own_rows(self, struct):
+        from recbole.utils import EvaluatorType
+
+        from recbole_llm.distributed import gather_rows
+
+        value = self.config["eval_type"] == EvaluatorType.VALUE
+        loader = self._eval_loader
+        sampler = getattr(loader, "sampler", None)
+        if isinstance(sampler, torch.utils.data.distributed.DistributedSampler):
+            real = len(sampler.dataset)
+            # the position of this process's last sample in the padded order; past the
+            # real samples it repeats sample (last - real) % real (at most one per process)
+            last = sampler.rank + sampler.num_replicas * (sampler.num_samples - 1)
+            if last >= real:
+                rows = 1
+                grouped = getattr(loader, "neg_sample_args", {}).get("distribution", "none") \
+                    != "none" and loader.neg_sample_args.get("sample_num", "none") != "none"
+                if value and grouped:  # a sample is a user's rows with their negatives
+                    uid = loader.uid_list[(last - real) % real]
+                    rows = int(loader.uid2items_num[uid] * loader.times)
+                for key in self._ROW_KEYS:
+                    if key in struct:
+                        struct.set(key, struct.get(key)[:-rows])
+        if value and "rec.score" in struct and "data.label" in struct:
+            score, label, _ = gather_rows(struct.get("rec.score").to(self.device),
+                                          struct.get("data.label").to(self.device))
+            struct.set("rec.score", score.cpu())
+            struct.set("data.label", label.cpu())
+            self._eval_rows = None  # every process computes the pooled metrics
+        else:
+            key = next((k for k in self._ROW_KEYS if k in struct), None)
+            self._eval_rows = len(struct.get(key)) if key else 0
+        return struct
+
+    def _map_reduce(self, result, num_sample):
+        if self._eval_rows is None:
+            return {key: round(float(value), self.config["metric_decimal_place"])
+                    for key, value in result.items()}
+        if not self._eval_rows:  # only a padding sample here: weight 0, and not NaN x 0
+            result = {key: 0.0 for key in result}
+        return super()._map_reduce(result, self._eval_rows)
 
 
 @functools.lru_cache(maxsize=None)

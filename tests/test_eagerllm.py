@@ -149,6 +149,7 @@ def test_end_to_end_on_ml100k_under_a_minute(cli, tmp_path):
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-3000:]
     assert "Annealing adapter tuning" in log and "test result" in log and "ndcg@10" in log
+    assert "epoch 0 training parts: " in log and "item2index loss" in log and "seqrec loss" in log
     assert elapsed < 60, f"took {elapsed:.0f} s"
     rec, _ = check_recommender(next((tmp_path / "saved").glob("EAGERLLM-*.pth")),
                                llm_cache_dir=str(tmp_path / "cache"))
@@ -236,6 +237,23 @@ def test_each_task_weighs_its_own_mean_loss(eager):
         model.loss_weights = weights
     assert rec_mixed == pytest.approx(rec_alone, rel=1e-4)
     assert both == pytest.approx(rec_mixed + 0.2 * txt, rel=1e-5)
+    # in training, each task's unweighted mean over the batches is kept for the epoch log
+    model.epoch_losses()
+    model.train()
+    try:
+        model.loss_weights = {"seqrec": 1.0, "index2item": 0.0}
+        with torch.no_grad():
+            model.task_loss(mixed, tasks)
+            model.task_loss(rec_only, tasks[:4])
+        parts = model.epoch_losses()
+    finally:
+        model.loss_weights = weights
+        model.eval()
+    rec_tokens, text_tokens = 4 * len(answers[0]), sum(map(len, text))
+    assert parts["seqrec loss"] == pytest.approx(rec_alone, rel=1e-3)  # same rows twice
+    assert parts["index2item loss"] == pytest.approx(txt, rel=1e-3)  # not weighted 0
+    assert set(parts) == {"seqrec loss", "index2item loss"} and rec_tokens and text_tokens
+    assert model.epoch_losses() == {}  # read once
 
 
 def test_history_items_are_separated_and_templates_vary_in_training_only(eager):

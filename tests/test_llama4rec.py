@@ -132,7 +132,7 @@ def test_instruction_samples_ask_what_their_base_model_never_saw(kind, request):
     model that supplied its candidates and suggestions; its history is the
     user's training history up to the cut."""
     _, (train, _, _), model, trainer = request.getfixturevalue(kind)
-    loader, _ = trainer._tuning_data(train)
+    loader, _ = trainer._tuning_data(train, trainer.config)
     kept = loader.dataset.inter_feat
     seen = set(zip(kept[model.USER_ID].tolist(), kept[model.ITEM_ID].tolist()))
     if kind == "sequential":  # the prefixes are training data too

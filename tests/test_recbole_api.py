@@ -35,6 +35,35 @@ def test_run_recbole_trains_tests_and_reloads_its_checkpoint(tmp_path):
     assert recbole_reloaded_test_result(saved[0], tmp_path) == pytest.approx(tested, abs=1e-4)
 
 
+def test_a_recbole_trainer_built_directly_reloads_its_checkpoint(tmp_path, monkeypatch):
+    """``Trainer(config, model)`` as RecBole's tutorials write it: its checkpoint
+    holds plain data and its own evaluate reloads it weights-only."""
+    import torch
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.model.general_recommender import BPR
+    from recbole.trainer import Trainer
+    from recbole.utils import init_seed
+
+    import recbole_llm  # noqa: F401  (the compatibility layer)
+
+    monkeypatch.chdir(tmp_path)
+    config = Config(model="BPR", dataset="ml-tiny", config_dict=dict(
+        ML_TINY, epochs=1, show_progress=False, state="WARNING",
+        load_col={"inter": ["user_id", "item_id", "rating", "timestamp"]}))
+    init_seed(config["seed"], config["reproducibility"])
+    train, valid, test = data_preparation(config, create_dataset(config))
+    trainer = Trainer(config, BPR(config, train.dataset).to(config["device"]))
+    trainer.fit(train, valid, saved=True, show_progress=False)
+    result = trainer.evaluate(test, load_best_model=True)
+    assert 0 <= result["ndcg@10"] <= 1
+    checkpoint = torch.load(trainer.saved_model_file, weights_only=True)
+    assert checkpoint["config"]["model"] == "BPR" and "state_dict" in checkpoint
+    again = Trainer(config, BPR(config, train.dataset).to(config["device"]))
+    again.resume_checkpoint(trainer.saved_model_file)
+    assert again.start_epoch == checkpoint["epoch"] + 1
+
+
 def test_hyper_tuning_with_recbole_objective(tmp_path):
     from recbole.quick_start import objective_function
     from recbole.trainer import HyperTuning

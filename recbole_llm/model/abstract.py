@@ -26,9 +26,9 @@ class PluginModel:
 
     #: True for a model wrapping a conventional one named by ``base_model``
     wraps_base_model = False
-    #: False where a stage outside RecBole's training loop (a behaviour model, LLM
-    #: fine-tuning stages, file moves between stages) is not yet safe in several
-    #: processes: ``--nproc`` > 1 is refused before any process starts
+    #: False where a stage outside RecBole's training loop does not run in several
+    #: processes yet (Llama4Rec's inner models and instruction tuning): ``--nproc`` > 1
+    #: is refused before any process starts
     supports_multi_process = True
 
     @classmethod
@@ -46,6 +46,11 @@ class PluginModel:
     def check_settings(cls, final: dict) -> None:
         """Raise :class:`InputError` for settings this model cannot run with,
         before any data loads (the run's final settings)."""
+
+    def epoch_losses(self) -> dict:
+        """The parts of the training loss since the last call (e.g. per task mean),
+        logged by the trainer after each epoch; ``{}``: nothing to add."""
+        return {}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,6 @@ training split only (the dataset a plugin model receives in ``__init__``), is
 trained by RecBole's own ``Trainer``, and its item table is cached under a key
 of the training data and every setting that shapes it.
 """
-import copy
 
 import numpy as np
 import yaml
@@ -14,6 +13,7 @@ from recbole.data.dataloader import TrainDataLoader
 from recbole.trainer import Trainer
 
 from recbole_llm import registry
+from recbole_llm.distributed import single_process_config
 from recbole_llm.fingerprint import dataset_fingerprint, recbole_settings
 from recbole_llm.llm.cache import Cache
 from recbole_llm.paths import recbole_file, recbole_model_yaml
@@ -43,12 +43,14 @@ def _recbole_overall(config) -> dict:
 def conventional_config(config, model_name: str, overrides: dict = None):
     """A copy of ``config`` with RecBole's training defaults, RecBole's defaults
     for ``model_name``, then ``overrides``."""
-    sub = copy.copy(config)
-    sub.final_config_dict = dict(config.final_config_dict)
+    # an inner model trains in the process that builds it, on the whole training split
+    # (under several processes rank 0 trains and caches it, the others read it)
+    sub = single_process_config(config)
     sub.final_config_dict.update(_recbole_overall(config))
     sub.final_config_dict.update(_recbole_defaults(config, model_name))
     sub.final_config_dict.update(overrides or {})
     sub.final_config_dict["model"] = model_name
+    sub.final_config_dict["single_spec"] = True
     return sub
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
+from recbole_llm.distributed import global_sum, rank, world_size
 from recbole_llm.errors import InputError
 from recbole_llm.llm.generation import constrained_beam_search, to_full_sort_scores
 from recbole_llm.llm.prompts import (Template, answer_logits, answer_logprob, inference_batch)
@@ -38,7 +39,6 @@ def as_list(templates) -> list:
 class GenerativeRecommender(LLMRecommender, SequentialRecommender):
     """RecBole sequential model generating the next item's codes; see the module docstring."""
 
-    supports_multi_process = False  # see PluginModel
 
     input_type = InputType.POINTWISE
     #: task -> the slot (or slots, in order) its templates fill (``seqrec``: the
@@ -100,7 +100,8 @@ class GenerativeRecommender(LLMRecommender, SequentialRecommender):
             if separator else []  # "" or None: items' codes back to back
         self.task_ratio = dict(self.settings.aux_task_ratio or {})
         self.loss_weights = dict(self.settings.task_loss_weights or {})
-        self.rng = np.random.default_rng(self.settings.seed)
+        # templates, auxiliary rows, sampled negatives: each process draws its own
+        self.rng = np.random.default_rng(self.settings.seed + rank())
 
     def code_length(self) -> int:
         """The most code tokens an item takes."""
@@ -157,16 +158,42 @@ class GenerativeRecommender(LLMRecommender, SequentialRecommender):
     def task_loss(self, batch, tasks: list):
         """Sum over tasks of ``task_loss_weights[task]`` x the task's mean token loss:
         pooled over tokens, a 49-token text answer would outweigh a 4-code
-        recommendation answer; ``(loss, last hidden states)``."""
+        recommendation answer; ``(loss, last hidden states)``.  Under several
+        processes each task's mean is over the whole batch's tokens (counts summed
+        over the processes), so the averaged gradients are one process's."""
         logits, target, (rows, cols), hidden = answer_logits(self.llm, batch)
         token_loss = F.cross_entropy(logits, target, reduction="none")
-        names = sorted(set(tasks))
+        names = sorted(self.TASK_SLOTS)
         task_of_seq = torch.as_tensor([names.index(t) for t in tasks], device=token_loss.device)
         task_of_token = task_of_seq[batch.owner[rows, cols]]
         sums = torch.zeros(len(names), device=token_loss.device).index_add(0, task_of_token, token_loss)
-        counts = torch.bincount(task_of_token, minlength=len(names)).clamp(min=1)
-        weights = torch.as_tensor([float(self.loss_weights[t]) for t in names], device=sums.device)
-        return (weights * sums / counts).sum(), hidden
+        counts = self.batch_token_counts(torch.bincount(task_of_token, minlength=len(names)))
+        weights = torch.as_tensor([float(self.loss_weights.get(t, 0.0)) for t in names],
+                                  device=sums.device)
+        if self.training:  # this process's per-task token losses, for epoch_losses()
+            local = torch.bincount(task_of_token, minlength=len(names))
+            step = torch.stack([sums.detach().float(), local.float()]).cpu()
+            totals = getattr(self, "_task_totals", None)
+            self._task_totals = step if totals is None else totals + step
+        present = counts > 0  # the tasks of the batch alone: the same sum, term for term
+        return (weights * sums / counts.clamp(min=1))[present].sum() * world_size(), hidden
+
+    def epoch_losses(self) -> dict:
+        """Each task's mean token loss over the epoch's batches (this process's share),
+        before its weight: which task the model learns and which it does not."""
+        totals, self._task_totals = getattr(self, "_task_totals", None), None
+        if totals is None:
+            return {}
+        return {f"{task} loss": round(float(total / count), 4)
+                for task, total, count in zip(sorted(self.TASK_SLOTS), *totals) if count}
+
+    def batch_token_counts(self, counts: torch.Tensor = None) -> torch.Tensor:
+        """Answer tokens per task (``sorted(TASK_SLOTS)``) in the whole batch.  Every
+        process calls it once per step: one with no rows to train on passes
+        ``None`` (its counts are zero)."""
+        if counts is None:
+            counts = torch.zeros(len(self.TASK_SLOTS), dtype=torch.long, device=self.item_codes.device)
+        return global_sum(counts)
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         """Weights trained on other item codes would decode to other items: a

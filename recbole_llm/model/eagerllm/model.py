@@ -28,6 +28,7 @@ What makes it EAGER-LLM, and where it lives here:
 import torch
 import torch.nn.functional as F
 
+from recbole_llm.distributed import gather_rows
 from recbole_llm.llm.encoder import item_text_embeddings
 from recbole_llm.llm.prompts import training_batch
 from recbole_llm.model.conventional import checkpoint_item_embeddings, train_item_embeddings
@@ -187,6 +188,7 @@ class EAGERLLM(GenerativeRecommender):
         if self.annealing:  # AAT: high-quality recommendation samples only
             keep = item_len >= self.settings.aat_min_history
             if not keep.any():
+                self.batch_token_counts()  # the step's collective, with the other processes
                 return sum(p.sum() * 0 for p in self.parameters() if p.requires_grad)
             item_seq, item_len, targets = item_seq[keep], item_len[keep], targets[keep]
         prompts = self.history_prompts(item_seq, item_len, training=True)
@@ -209,14 +211,16 @@ class EAGERLLM(GenerativeRecommender):
             if self.settings.gct_projector == "linear":  # as the authors' code: unit length first
                 h_con = F.normalize(h_con, dim=-1)
             negatives = self._gct_negatives(device)
+            # in-batch negatives: the whole batch's targets (every process's share)
+            batch_targets, first = gather_rows(targets)
             if self.gct_lambda_sem > 0:
                 loss = loss + self.gct_lambda_sem * info_nce(
-                    self.sem_proj(h_con), self.sem_emb[targets], self.gct_tau, targets,
-                    self.sem_emb[negatives], negatives)
+                    self.sem_proj(h_con), self.sem_emb[batch_targets], self.gct_tau,
+                    batch_targets, self.sem_emb[negatives], negatives, first)
             if self.gct_lambda_beh > 0:
                 loss = loss + self.gct_lambda_beh * info_nce(
-                    self.beh_proj(h_con), self.beh_emb[targets], self.gct_tau, targets,
-                    self.beh_emb[negatives], negatives)
+                    self.beh_proj(h_con), self.beh_emb[batch_targets], self.gct_tau,
+                    batch_targets, self.beh_emb[negatives], negatives, first)
         return loss
 
     def _gct_negatives(self, device) -> torch.Tensor:

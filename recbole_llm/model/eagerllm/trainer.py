@@ -7,12 +7,17 @@ best stage-one weights, freezes them, adds the annealing adapter and runs
 model is kept only if it validates at least as well as stage one; otherwise
 the stage-one checkpoint is put back (both scores are logged), so
 ``evaluate`` reloads the better of the two.
+
+Under several processes the process that writes checkpoints alone moves the files (every rank reloads
+them after a barrier) and the gradient-averaging wrapper is rebuilt for the
+annealing adapter's parameters.
 """
 import os
 import shutil
 
 from recbole.trainer import Trainer
 
+from recbole_llm.distributed import broadcast_value
 from recbole_llm.trainer import WeightsOnlyCheckpointMixin, adapter_dir
 
 
@@ -34,18 +39,23 @@ class EAGERTrainer(WeightsOnlyCheckpointMixin, Trainer):
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None):
         result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        # the process that writes checkpoints on this machine moves them
+        writer = self.config["single_spec"] or self.config["local_rank"] == 0
         settings = self.model.settings
         epochs = settings.aat_epochs
         if not epochs or self.model.annealing:
             return result
-        compare = saved and valid_data is not None and os.path.isfile(self.saved_model_file)
+        compare = broadcast_value(saved and valid_data is not None  # rank 0 writes the files
+                                  and os.path.isfile(self.saved_model_file))
         stage_one = f"{self.saved_model_file}.stage-one"
         if compare:
             self.load_model_weights(self.saved_model_file)  # best stage-one weights
-            shutil.copyfile(self.saved_model_file, stage_one)
-            _move_adapter(self.saved_model_file, stage_one, copy=True)
+            if writer:
+                shutil.copyfile(self.saved_model_file, stage_one)
+                _move_adapter(self.saved_model_file, stage_one, copy=True)
         stage_one_score, stage_one_result = self.best_valid_score, self.best_valid_result
         self.model.start_annealing()
+        self.wrap_distributed()  # the adapter's parameters train now, the rest is frozen
         self.logger.info(f"Annealing adapter tuning: {epochs} epoch(s) on samples with at least "
                          f"{settings.aat_min_history} history items")
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -66,11 +76,13 @@ class EAGERTrainer(WeightsOnlyCheckpointMixin, Trainer):
                          f"after annealing {annealed[0]:.4f}: keeping "
                          f"{'the annealed model' if better else 'stage one'}")
         if better:
-            os.remove(stage_one)
-            _move_adapter(stage_one, None)
+            if writer:
+                os.remove(stage_one)
+                _move_adapter(stage_one, None)
             return annealed
-        os.replace(stage_one, self.saved_model_file)
-        _move_adapter(stage_one, self.saved_model_file)
-        self.load_model_weights(self.saved_model_file)
+        if writer:
+            os.replace(stage_one, self.saved_model_file)
+            _move_adapter(stage_one, self.saved_model_file)
+        self.load_model_weights(self.saved_model_file)  # after a barrier under several processes
         self.best_valid_score, self.best_valid_result = stage_one_score, stage_one_result
         return stage_one_score, stage_one_result

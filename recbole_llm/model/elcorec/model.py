@@ -52,8 +52,6 @@ PREF_TOKEN = "[PREF]"
 class ELCoRec(LLMRecommender, AbstractRecommender):
     """RecBole context-aware model; see the module docstring."""
 
-    supports_multi_process = False  # see PluginModel
-
     type = ModelType.CONTEXT
     input_type = InputType.POINTWISE
     settings_class = ELCoRecSettings

@@ -54,8 +54,6 @@ from recbole_llm.paths import recbole_model_yaml
 class Llama4Rec(LLMRecommender, AbstractRecommender):
     """RecBole model wrapping ``base_model``; see the module docstring."""
 
-    supports_multi_process = False  # see PluginModel
-
     type = ModelType.GENERAL  # replaced by the base model's type (specialise)
     wraps_base_model = True
     settings_class = Llama4RecSettings

@@ -13,6 +13,11 @@
    as it would without the LLM.
 4. Evaluation: the LLM re-ranks the conventional model's top-N with
    adaptive aggregation (``Llama4Rec.full_sort_predict``).
+
+Under several processes, phases 1-2 and the LLM's augmentation answers run in
+rank 0 first, on the whole training split in that one process, into the
+cache; the others read them.  Training on D' and evaluation are RecBole's
+multi-process loop.
 """
 import os
 
@@ -22,6 +27,7 @@ from recbole.trainer import Trainer
 from recbole.utils import set_color
 from tqdm import tqdm
 
+from recbole_llm.distributed import main_process_first, single_process_config
 from recbole_llm.experiment import plain_result
 from recbole_llm.fingerprint import dataset_fingerprint, path_fingerprint, recbole_settings
 from recbole_llm.llm.choice import LabelChoiceClient
@@ -58,17 +64,31 @@ def augmented_base_key(cache, config, settings, base_id: str, llm_id: str, rows_
 
 
 class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
-    def _tuning_data(self, train_data):
+    def _whole_splits(self, train_data, valid_data):
+        """``(config, train, valid)`` for the stages one process runs alone: the run's
+        own in one process; under several, a single-process config and loaders over
+        the whole splits (the run's loaders hold one process's share)."""
+        from recbole.data.dataloader import TrainDataLoader
+
+        if self.config["single_spec"]:
+            return self.config, train_data, valid_data
+        config = single_process_config(self.config)
+        train = TrainDataLoader(config, train_data.dataset, train_data._sampler, shuffle=True)
+        valid = None if valid_data is None else \
+            type(valid_data)(config, valid_data._dataset, valid_data._sampler, shuffle=False)
+        return config, train, valid
+
+    def _tuning_data(self, train_data, config):
         """``(loader, cache identity)`` of the data the tuning model trains on: the
         training split without each user's last ``it_holdout_items`` rows."""
         from recbole.data.dataloader import TrainDataLoader
 
         held = holdout_rows(train_data.dataset, self.model.settings.it_holdout_items)
         kept = train_data.dataset.copy(train_data.dataset.inter_feat[torch.as_tensor(~held)])
-        loader = TrainDataLoader(self.config, kept, train_data._sampler, shuffle=True)
-        return loader, base_key(self.model.cache, self.config, kept)
+        loader = TrainDataLoader(config, kept, train_data._sampler, shuffle=True)
+        return loader, base_key(self.model.cache, config, kept)
 
-    def _tuning_model(self, loader, valid_data, show_progress):
+    def _tuning_model(self, loader, valid_data, show_progress, config):
         """The conventional model the instruction samples are built with: trained
         like the first but without each user's last ``it_holdout_items`` training
         interactions, the ones the samples ask about, so that its candidates and
@@ -80,15 +100,15 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
         try:
             self._train_or_load_base(loader, valid_data, show_progress,
                                      f"without each user's last {s.it_holdout_items} training "
-                                     "interactions (for instruction samples)")
+                                     "interactions (for instruction samples)", config)
             return model.base
         finally:
             model.base = served
             model.forget_context()
 
-    def _conventional_model(self, train_data, valid_data, show_progress) -> str:
+    def _conventional_model(self, train_data, valid_data, show_progress, config) -> str:
         """Train (or load) the conventional model on D; returns its cache identity."""
-        config, model = self.config, self.model
+        model = self.model
         path = model.settings.base_checkpoint
         if path:
             state = load_checkpoint(path)["state_dict"]
@@ -100,12 +120,13 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
                 raise ValueError(f"base_checkpoint {path} does not fit base_model "
                                  f"{model.settings.base_model} on this dataset: {err}") from None
             return "ckpt-" + path_fingerprint(path, model.cache.root)
-        return self._train_or_load_base(train_data, valid_data, show_progress, "on D")
+        return self._train_or_load_base(train_data, valid_data, show_progress, "on D", config)
 
-    def _train_or_load_base(self, train_data, valid_data, show_progress, what: str) -> str:
+    def _train_or_load_base(self, train_data, valid_data, show_progress, what: str,
+                            config) -> str:
         """``model.base`` trained on ``train_data`` with RecBole's loop, or loaded
         from the cache; returns its cache identity."""
-        config, model = self.config, self.model
+        model = self.model
         cache = model.cache
         key = base_key(cache, config, train_data.dataset)
         if cache.has_arrays(key):
@@ -190,31 +211,12 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
             callback_fn=None):
         config, model, s = self.config, self.model, self.model.settings
         model.rerank = False
-        base_id = self._conventional_model(train_data, valid_data, show_progress)
-        model.forget_context()
-        tuning_loader, tuning_id = self._tuning_data(train_data)
-        llm_key = tuned_llm_key(model.cache, s, train_data.dataset, tuning_id)
-        info = self.instruction_tune(
-            llm_key, lambda: self._tuning_model(tuning_loader, valid_data, show_progress),
-            show_progress)
-        self.logger.info(f"instruction tuning: loss per epoch {np.round(info['loss'], 4).tolist()}"
-                         + (" (cached)" if info["cached"] else f", {info['samples']} samples"))
+        with main_process_first():  # rank 0 trains and caches; the others read the cache
+            base_id, llm_key, fills = self._before_training(train_data, valid_data, show_progress)
         for p in model.llm.parameters():
             p.requires_grad_(False)
 
         result = (float("-inf"), None)
-        if s.data_augmentation and model.rating_task:
-            fills = fill_attributes(model, train_data.dataset)
-            self.logger.info(f"data augmentation (attribute filling): {len(fills)} missing "
-                             f"attributes filled: {fills[:20]}")
-            if not fills:
-                self.logger.info("no attribute is missing: the rating model trained on D stays")
-        elif s.data_augmentation:
-            client = self._augmentation_client(llm_key, show_progress)
-            stats = model.augment(client, np.random.default_rng(s.seed))
-            self.logger.info(f"data augmentation: {stats['prompts']} prompts, {stats['valid']} valid "
-                             f"answers, {stats['dropped']} dropped (no valid candidate named), "
-                             f"{stats['rows']} training rows added to {model.train_rows}")
         if s.data_augmentation and (not model.rating_task or fills):
             key = augmented_base_key(model.cache, config, s, base_id, llm_key,
                                      model.augmented_fingerprint()
@@ -226,6 +228,7 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
                 if not s.aug_warm_start:
                     model.reset_base()
                 self.optimizer = self._build_optimizer(params=model.base.parameters())
+                self.wrap_distributed()  # the base model's parameters alone train now
                 result = super().fit(train_data, valid_data, verbose, saved, show_progress,
                                      callback_fn)
                 if saved and valid_data is not None:
@@ -245,6 +248,35 @@ class Llama4RecTrainer(WeightsOnlyCheckpointMixin, Trainer):
                              + f": {plain_result(valid)}")
             result = (valid[config["valid_metric"].lower()], valid)
         return result
+
+    def _before_training(self, train_data, valid_data, show_progress) -> tuple:
+        """Phases 1-2 and the augmentation answers (one process, whole splits);
+        ``(base id, tuned LLM key, filled attributes or None)``."""
+        model, s = self.model, self.model.settings
+        config, train_data, valid_data = self._whole_splits(train_data, valid_data)
+        base_id = self._conventional_model(train_data, valid_data, show_progress, config)
+        model.forget_context()
+        tuning_loader, tuning_id = self._tuning_data(train_data, config)
+        llm_key = tuned_llm_key(model.cache, s, train_data.dataset, tuning_id)
+        info = self.instruction_tune(
+            llm_key, lambda: self._tuning_model(tuning_loader, valid_data, show_progress, config),
+            show_progress)
+        self.logger.info(f"instruction tuning: loss per epoch {np.round(info['loss'], 4).tolist()}"
+                         + (" (cached)" if info["cached"] else f", {info['samples']} samples"))
+        fills = None
+        if s.data_augmentation and model.rating_task:
+            fills = fill_attributes(model, train_data.dataset)
+            self.logger.info(f"data augmentation (attribute filling): {len(fills)} missing "
+                             f"attributes filled: {fills[:20]}")
+            if not fills:
+                self.logger.info("no attribute is missing: the rating model trained on D stays")
+        elif s.data_augmentation:
+            client = self._augmentation_client(llm_key, show_progress)
+            stats = model.augment(client, np.random.default_rng(s.seed))
+            self.logger.info(f"data augmentation: {stats['prompts']} prompts, {stats['valid']} valid "
+                             f"answers, {stats['dropped']} dropped (no valid candidate named), "
+                             f"{stats['rows']} training rows added to {model.train_rows}")
+        return base_id, llm_key, fills
 
     def search_alpha(self, valid_data, show_progress=False) -> dict:
         """(alpha1, alpha2) over ``alpha_grid`` x ``alpha_grid`` (alpha2 < 1), the
