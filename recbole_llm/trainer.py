@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from recbole.utils import set_color
 
+from recbole_llm.distributed import broadcast_value
 from recbole_llm.errors import InputError
 
 
@@ -173,9 +174,7 @@ class WeightsOnlyCheckpointMixin:
             self.wrap_distributed()
         name = unique_checkpoint_name(config["model"])
         if not config["single_spec"]:  # rank 0 writes it, every rank reloads it
-            names = [name]
-            torch.distributed.broadcast_object_list(names, src=0)
-            name = names[0]
+            name = broadcast_value(name)
         self.saved_model_file = os.path.join(self.checkpoint_dir, name)
         self._train_loader = None
         self._resumed_rng = None

@@ -39,7 +39,6 @@ def as_list(templates) -> list:
 class GenerativeRecommender(LLMRecommender, SequentialRecommender):
     """RecBole sequential model generating the next item's codes; see the module docstring."""
 
-
     input_type = InputType.POINTWISE
     #: task -> the slot (or slots, in order) its templates fill (``seqrec``: the
     #: next-item task, always on)
@@ -167,12 +166,12 @@ class GenerativeRecommender(LLMRecommender, SequentialRecommender):
         task_of_seq = torch.as_tensor([names.index(t) for t in tasks], device=token_loss.device)
         task_of_token = task_of_seq[batch.owner[rows, cols]]
         sums = torch.zeros(len(names), device=token_loss.device).index_add(0, task_of_token, token_loss)
-        counts = self.batch_token_counts(torch.bincount(task_of_token, minlength=len(names)))
+        local = torch.bincount(task_of_token, minlength=len(names))
+        counts = self.batch_token_counts(local)
         weights = torch.as_tensor([float(self.loss_weights.get(t, 0.0)) for t in names],
                                   device=sums.device)
         if self.training:  # this process's per-task token losses, for epoch_losses()
-            local = torch.bincount(task_of_token, minlength=len(names))
-            step = torch.stack([sums.detach().float(), local.float()]).cpu()
+            step = torch.stack([sums.detach(), local.to(sums.dtype)])  # stays on the device
             totals = getattr(self, "_task_totals", None)
             self._task_totals = step if totals is None else totals + step
         present = counts > 0  # the tasks of the batch alone: the same sum, term for term
@@ -185,7 +184,7 @@ class GenerativeRecommender(LLMRecommender, SequentialRecommender):
         if totals is None:
             return {}
         return {f"{task} loss": round(float(total / count), 4)
-                for task, total, count in zip(sorted(self.TASK_SLOTS), *totals) if count}
+                for task, total, count in zip(sorted(self.TASK_SLOTS), *totals.tolist()) if count}
 
     def batch_token_counts(self, counts: torch.Tensor = None) -> torch.Tensor:
         """Answer tokens per task (``sorted(TASK_SLOTS)``) in the whole batch.  Every
