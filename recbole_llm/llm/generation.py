@@ -16,12 +16,15 @@ from recbole_llm.llm.prompts import position_ids
 
 @torch.no_grad()
 def constrained_beam_search(model, input_ids, attention_mask, trie, num_beams: int = 20,
-                            top_k: int = None, inputs_embeds=None):
+                            top_k: int = None, inputs_embeds=None, renormalize: bool = False):
     """Top items for each prompt of a left-padded batch.
 
     Returns ``(items [B, K], scores [B, K])`` sorted by score (log-probability
     of the item's code sequence given the prompt); slots that no valid item
-    could fill hold item 0 and ``-inf``.
+    could fill hold item 0 and ``-inf``.  ``renormalize``: each step's
+    log-probabilities are taken over the valid children only (a token with one
+    valid child costs nothing), instead of over the whole vocabulary as
+    Hugging Face's ``prefix_allowed_tokens_fn`` does.
 
     Tree attention: the prompt is encoded once per user and never copied per
     beam.  Each step feeds the ``k`` beam tokens of a user as one block whose
@@ -54,8 +57,10 @@ def constrained_beam_search(model, input_ids, attention_mask, trie, num_beams: i
         width = cand_tok.shape[1]
         cand_tok_t = torch.as_tensor(cand_tok, device=device)
         valid_t = torch.as_tensor(valid, device=device) & torch.isfinite(scores.reshape(-1, 1))
-        cand = scores.reshape(-1, 1) + logp.gather(1, cand_tok_t)             # [B*k, M]
-        cand = cand.masked_fill(~valid_t, float("-inf")).view(batch, beams_in * width)
+        step = logp.gather(1, cand_tok_t).masked_fill(~valid_t, float("-inf"))  # [B*k, M]
+        if renormalize:
+            step = step - torch.logsumexp(step, dim=1, keepdim=True).nan_to_num(neginf=0.0)
+        cand = (scores.reshape(-1, 1) + step).view(batch, beams_in * width)
         beams = min(num_beams, cand.shape[1])
         scores, flat = cand.topk(beams, dim=-1)                               # [B, k']
         origin = flat // width                                                # beam extended

@@ -27,8 +27,14 @@ from recbole.utils import InputType
 from recbole_llm.distributed import global_sum, rank, world_size
 from recbole_llm.errors import InputError
 from recbole_llm.llm.generation import constrained_beam_search, to_full_sort_scores
-from recbole_llm.llm.prompts import (Template, answer_logits, answer_logprob, inference_batch)
+from recbole_llm.llm.prompts import Template, answer_logits, inference_batch, training_batch
 from recbole_llm.model.abstract import LLMRecommender
+
+
+#: how an item code token is scored, in training and decoding: over the whole
+#: vocabulary (the LM loss, Hugging Face's constrained generation), or over the
+#: valid children of its prefix in the item trie
+CODE_SOFTMAX = ("vocabulary", "trie")
 
 
 def as_list(templates) -> list:
@@ -63,6 +69,9 @@ class GenerativeRecommender(LLMRecommender, SequentialRecommender):
         if "full" in modes and topk and max(topk) > final["num_beams"]:
             raise InputError(f"topk {list(topk)} goes past num_beams={final['num_beams']}: beam "
                              f"search ranks only num_beams items; set num_beams >= {max(topk)}")
+        if final.get("code_softmax") not in CODE_SOFTMAX:
+            raise InputError(f"code_softmax must be one of {', '.join(CODE_SOFTMAX)}, not "
+                             f"{final.get('code_softmax')!r}")
         ratios = final.get("aux_task_ratio") or {}
         weights = final.get("task_loss_weights") or {}
         unknown = (set(ratios) | set(weights)) - set(cls.TASK_SLOTS)
@@ -161,6 +170,7 @@ class GenerativeRecommender(LLMRecommender, SequentialRecommender):
         processes each task's mean is over the whole batch's tokens (counts summed
         over the processes), so the averaged gradients are one process's."""
         logits, target, (rows, cols), hidden = answer_logits(self.llm, batch)
+        logits = self.code_logits(logits, target, batch.owner[rows, cols])
         token_loss = F.cross_entropy(logits, target, reduction="none")
         names = sorted(self.TASK_SLOTS)
         task_of_seq = torch.as_tensor([names.index(t) for t in tasks], device=token_loss.device)
@@ -176,6 +186,46 @@ class GenerativeRecommender(LLMRecommender, SequentialRecommender):
             self._task_totals = step if totals is None else totals + step
         present = counts > 0  # the tasks of the batch alone: the same sum, term for term
         return (weights * sums / counts.clamp(min=1))[present].sum() * world_size(), hidden
+
+    def code_logits(self, logits, target, owner):
+        """With ``code_softmax: trie``, the logits of every answer that spells an
+        item's codes (whatever its task) restricted to the valid children of the
+        code's prefix, so its softmax is over those alone, as in decoding; answer
+        tokens of a sequence are contiguous rows, in order.  ``vocabulary``: as is."""
+        if self.settings.code_softmax != "trie" or not len(target):
+            return logits
+        owners, counts = torch.unique_consecutive(owner, return_counts=True)
+        keep_rows, keep_cols, masked = [], [], []
+        start = 0
+        tokens = target.tolist()
+        for count in counts.tolist():
+            answer = tokens[start:start + count]
+            nodes = self._code_path(answer) if count == self.trie.depth else None
+            if nodes is not None:
+                for level, node in enumerate(nodes):
+                    allowed = self.trie.allowed(level, node)
+                    keep_rows.append(np.full(len(allowed), start + level))
+                    keep_cols.append(allowed)
+                masked.extend(range(start, start + count))
+            start += count
+        if not masked:
+            return logits
+        keep = torch.zeros_like(logits, dtype=torch.bool)
+        keep[torch.as_tensor(np.concatenate(keep_rows), device=logits.device),
+             torch.as_tensor(np.concatenate(keep_cols), device=logits.device)] = True
+        other = torch.ones(len(logits), dtype=torch.bool, device=logits.device)
+        other[torch.as_tensor(masked, device=logits.device)] = False
+        return logits.masked_fill(~(keep | other[:, None]), torch.finfo(logits.dtype).min)
+
+    def _code_path(self, tokens):
+        """The trie node before each token of ``tokens``, or None if they are no item's codes."""
+        node, nodes = 0, []
+        for level, token in enumerate(tokens):
+            nodes.append(node)
+            node = self.trie.child(level, node, token)
+            if node < 0:
+                return None
+        return nodes
 
     def epoch_losses(self) -> dict:
         """Each task's mean token loss over the epoch's batches (this process's share),
@@ -225,7 +275,8 @@ class GenerativeRecommender(LLMRecommender, SequentialRecommender):
                 input_ids, mask = inference_batch(prompts, self.pad_id,
                                                   self.settings.llm_max_prompt_tokens)
                 i, s = constrained_beam_search(self.llm, input_ids.to(device), mask.to(device),
-                                               self.trie, self.settings.num_beams, top_k)
+                                               self.trie, self.settings.num_beams, top_k,
+                                               renormalize=self.settings.code_softmax == "trie")
                 items.append(i)
                 scores.append(s)
         return torch.cat(items), torch.cat(scores)
@@ -236,9 +287,16 @@ class GenerativeRecommender(LLMRecommender, SequentialRecommender):
 
     @torch.no_grad()
     def predict(self, interaction):
-        """Log-probability of each candidate item's codes (sampled evaluation)."""
+        """Log-probability of each candidate item's codes (sampled evaluation), scored
+        as decoding scores them (``code_softmax``)."""
         prompts = self.history_prompts(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         answers = [self.index.token_ids(int(i)) for i in interaction[self.ITEM_ID].tolist()]
+        device = self.item_codes.device
+        batch = training_batch(prompts, answers, self.pad_id,
+                               self.settings.llm_max_prompt_tokens).to(device)
         with self._inference_llm():
-            return answer_logprob(self.llm, prompts, answers, self.pad_id,
-                                  self.settings.llm_max_prompt_tokens)
+            logits, target, (rows, cols), _ = answer_logits(self.llm, batch)
+        owner = batch.owner[rows, cols]
+        logits = self.code_logits(logits, target, owner)
+        token_logp = torch.log_softmax(logits, -1).gather(-1, target[:, None]).squeeze(-1)
+        return torch.zeros(len(prompts), device=device).index_add(0, owner, token_logp)

@@ -47,6 +47,7 @@ class EAGERSettings(LLMSettings):
     aat_learning_rate: float
     aat_keep_adapter: bool
     # decoding
+    code_softmax: str
     num_beams: int
     beam_batch_size: int
 

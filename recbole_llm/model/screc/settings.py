@@ -41,6 +41,7 @@ class SCRecSettings(LLMSettings):
     query_title_words: int
     preference_exclude_share: float
     # decoding and serving
+    code_softmax: str
     num_beams: int
     beam_batch_size: int
 
