@@ -208,6 +208,7 @@ CHOICES = {
     "aug_decoding": ("constrained", "free"),
     "long_tail_transform": ("log", "linear"),
     "gct_projector": ("linear", "mlp"),
+    "code_softmax": ("vocabulary", "trie"),
     "gat_mode": ("sample", "user"),
 }
 

@@ -136,6 +136,8 @@ PROBES = [
           "option 'behavior_model': unknown model 'NoSuch'"),
     Probe("negative auxiliary ratio", opts(EAGER, "--aux_task_ratio={'item2index':-1}"), 2,
           "'item2index' must be a number in [0, 1]"),
+    Probe("unknown code softmax", opts(EAGER, "--code_softmax=leaves"), 2,
+          "'code_softmax' must be one of"),
     Probe("cut-off past the beams", opts(EAGER, "--topk=[10,50]"), 2,
           "topk [10, 50] goes past num_beams=20"),
     Probe("unknown auxiliary task", opts(EAGER, "--aux_task_ratio={'item2text':0.5}"), 2,

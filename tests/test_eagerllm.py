@@ -286,3 +286,65 @@ def test_preference_answers_leave_out_values_every_item_has(eager):
     _, _, model, _ = eager
     values = [v for item in model.preferences[1:] for v in item]
     assert values and "Beauty" not in values   # every beauty-tiny item is in "Beauty"
+
+
+def test_trie_softmax_scores_codes_over_valid_children_only(eager):
+    """``code_softmax: trie``: an answer that spells an item's codes has each token's
+    softmax over its prefix's valid children (a one-child level costs nothing), a
+    text answer is untouched, and decoding scores items as ``predict`` does."""
+    import dataclasses
+
+    from recbole.data.interaction import Interaction
+
+    from recbole_llm.llm.prompts import answer_logits, training_batch
+
+    _, (train, _, _), model, _ = eager
+    rows = next(iter(train))
+    seq, lens = rows[model.ITEM_SEQ][:6], rows[model.ITEM_SEQ_LEN][:6]
+    items = rows[model.POS_ITEM_ID][:6].tolist()
+    prompts = model.history_prompts(seq, lens)
+    answers = [model.index.token_ids(i) for i in items[:4]] + \
+              [model.item_text_ids[i] + [model.eos_id] for i in items[4:]]
+    batch = training_batch(prompts, answers, model.pad_id, model.settings.llm_max_prompt_tokens)
+    saved = model.settings
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits, target, (r, c), _ = answer_logits(model.llm, batch)
+            owner = batch.owner[r, c]
+            assert torch.equal(model.code_logits(logits, target, owner), logits)  # vocabulary
+            full_scores = model.recommend(seq, lens)
+            model.settings = dataclasses.replace(saved, code_softmax="trie")
+            masked = model.code_logits(logits, target, owner)
+            logp = torch.log_softmax(masked, -1)
+            single_levels = 0
+            for s in range(6):
+                tokens = (owner == s).nonzero().squeeze(1)
+                if s >= 4:                      # text: as the whole vocabulary scores it
+                    assert torch.equal(masked[tokens], logits[tokens])
+                    continue
+                node = 0
+                for level, m in enumerate(tokens.tolist()):
+                    allowed = torch.as_tensor(model.trie.allowed(level, node))
+                    assert logp[m, allowed].exp().sum() == pytest.approx(1.0, abs=1e-5)
+                    if len(allowed) == 1:
+                        single_levels += 1
+                        assert logp[m, allowed[0]] == pytest.approx(0.0, abs=1e-6)
+                    node = model.trie.child(level, node, int(target[m]))
+            assert single_levels                # the tiny index has one-child levels
+            found, scores = model.recommend(seq, lens)
+            k = found.shape[1]
+            inter = Interaction({model.ITEM_SEQ: seq.repeat_interleave(k, 0),
+                                 model.ITEM_SEQ_LEN: lens.repeat_interleave(k, 0),
+                                 model.ITEM_ID: found.reshape(-1)})
+            assert torch.allclose(model.predict(inter).view(-1, k), scores, atol=1e-4)
+            # renormalised over fewer tokens, every item's score rises
+            assert (scores[:, 0] >= full_scores[1][:, 0] - 1e-5).all()
+            # training: a one-child level adds nothing to the recommendation loss
+            model.train()
+            loss = model.task_loss(batch, ["seqrec"] * 4 + ["index2item"] * 2)[0]
+            assert torch.isfinite(loss)
+            model.epoch_losses()
+    finally:
+        model.settings = saved
+        model.eval()

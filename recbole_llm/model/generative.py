@@ -31,12 +31,6 @@ from recbole_llm.llm.prompts import Template, answer_logits, inference_batch, tr
 from recbole_llm.model.abstract import LLMRecommender
 
 
-#: how an item code token is scored, in training and decoding: over the whole
-#: vocabulary (the LM loss, Hugging Face's constrained generation), or over the
-#: valid children of its prefix in the item trie
-CODE_SOFTMAX = ("vocabulary", "trie")
-
-
 def as_list(templates) -> list:
     """A template setting: one text or a list of texts."""
     return [templates] if isinstance(templates, str) else list(templates or [])
@@ -69,9 +63,6 @@ class GenerativeRecommender(LLMRecommender, SequentialRecommender):
         if "full" in modes and topk and max(topk) > final["num_beams"]:
             raise InputError(f"topk {list(topk)} goes past num_beams={final['num_beams']}: beam "
                              f"search ranks only num_beams items; set num_beams >= {max(topk)}")
-        if final.get("code_softmax") not in CODE_SOFTMAX:
-            raise InputError(f"code_softmax must be one of {', '.join(CODE_SOFTMAX)}, not "
-                             f"{final.get('code_softmax')!r}")
         ratios = final.get("aux_task_ratio") or {}
         weights = final.get("task_loss_weights") or {}
         unknown = (set(ratios) | set(weights)) - set(cls.TASK_SLOTS)
