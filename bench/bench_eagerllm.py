@@ -53,6 +53,10 @@ ROWS = {
     # the target about 6.6 nats after two epochs, and beam 20 misses half the targets
     # the model scores above its last beam)
     "unit_trie": dict(EAGER, epochs=10, stopping_step=2, code_softmax="trie", cpu_threads=1),
+    # residual k-means codes (a second-level code means the same under every parent)
+    # against unit_dropout's hierarchical ones
+    "unit_residual": dict(EAGER, epochs=10, stopping_step=2, index_quantizer="residual",
+                          cpu_threads=1),
 }
 
 def row(name, force=False, seed=FIRST_SEED):

@@ -46,34 +46,40 @@ def validation_rows(valid_data, n):
 
 @torch.no_grad()
 def code_logprobs(model, seq, lens, targets, batch_size=64):
-    """[n, L] log-probability of each target code given the prompt and the true prefix."""
-    from recbole_llm.llm.prompts import answer_logits, training_batch
+    """Per batch: (log-probabilities over the vocabulary at each target code
+    position, given the prompt and the true prefix, the target tokens, the row of
+    each, the target token's log-probability as decoding scores it)."""
+    from recbole_llm.llm.prompts import answer_logits
 
     out = []
     for start in range(0, len(seq), batch_size):
         prompts = model.history_prompts(seq[start:start + batch_size], lens[start:start + batch_size])
         answers = [model.index.token_ids(int(i)) for i in targets[start:start + batch_size]]
-        batch = training_batch(prompts, answers, model.pad_id, model.settings.llm_max_prompt_tokens)
+        batch, codes = model.packed_batch(prompts, answers)
         with model._inference_llm():
             logits, target, (rows, cols), _ = answer_logits(model.llm, batch)
-        logp = torch.log_softmax(logits, -1)
-        out.append((logp, target, batch.owner[rows, cols]))
+        # as decoding scores the target: over the vocabulary, or the prefix's children
+        decoded = -model.token_losses(logits, target, codes)
+        out.append((torch.log_softmax(logits, -1), target, batch.owner[rows, cols], decoded))
     return out
 
 
 def level_ranks(model, seq, lens, targets):
     """Per row and level: (rank of the target code among the prefix's children,
-    number of children, log-prob of the target code renormalised over them)."""
+    number of children, log-prob of the target code renormalised over them,
+    its log-prob as decoding scores it)."""
     trie = model.trie
     n, depth = len(targets), trie.depth
     ranks = np.zeros((n, depth), dtype=np.int64)
     width = np.zeros((n, depth), dtype=np.int64)
     logps = np.zeros((n, depth))
+    decoded = np.zeros((n, depth))
     row = 0
-    for logp, target, owner in code_logprobs(model, seq, lens, targets):
+    for logp, target, owner, as_decoded in code_logprobs(model, seq, lens, targets):
         for r in torch.unique(owner).tolist():
             token_logp = logp[owner == r]             # [depth, V], answer order
             codes = target[owner == r].tolist()
+            mine_decoded = as_decoded[owner == r]
             node = 0
             for level in range(depth):
                 allowed = trie.allowed(level, node)
@@ -82,9 +88,10 @@ def level_ranks(model, seq, lens, targets):
                 ranks[row, level] = int((scores > mine).sum())
                 width[row, level] = len(allowed)
                 logps[row, level] = float(mine - torch.logsumexp(scores, 0))
+                decoded[row, level] = float(mine_decoded[level])
                 node = trie.child(level, node, codes[level])
             row += 1
-    return ranks, width, logps
+    return ranks, width, logps, decoded
 
 
 def baseline_level_ranks(checkpoint, model, seq, lens, targets):
@@ -120,6 +127,8 @@ def main(argv=None):
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--baseline", help="a conventional model's checkpoint on the same data")
     parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--wide_beam", type=int, default=0,
+                        help="also decode with this many beams (top 20 kept): the search's share of the loss")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "diagnose_codes.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -130,31 +139,39 @@ def main(argv=None):
     model.eval()
     seq, lens, targets = validation_rows(valid, args.users)
     start = time.time()
-    ranks, width, logps = level_ranks(model, seq, lens, targets)
+    ranks, width, logps, decoded = level_ranks(model, seq, lens, targets)
     items, scores = model.recommend(seq, lens)
     found = (items == targets[:, None]).any(1).numpy()
-    # search error: the target's code log-prob (over the whole vocabulary, as the beams
-    # score) beats the last beam's, yet the search did not find it
-    target_logp = torch.zeros(len(targets))
-    row = 0
-    for logp, target, owner in code_logprobs(model, seq, lens, targets):
-        picked = logp.gather(1, target[:, None]).squeeze(1)
-        sums = torch.zeros(int(owner.max()) + 1).index_add(0, owner, picked)
-        target_logp[row:row + len(sums)] = sums
-        row += len(sums)
-    search_errors = ((target_logp > scores[:, -1]) & ~torch.as_tensor(found)).float().mean()
+    # search error: the target's code log-prob (as the beams score it) beats the last
+    # beam's, yet the search did not find it
+    search_errors = ((torch.as_tensor(decoded.sum(1)) > scores[:, -1].double()) &
+                     ~torch.as_tensor(found)).double().mean()
+    def ranking(found_items):
+        hit = found_items[:, :20] == targets[:, None]
+        rank = torch.where(hit.any(1), hit.float().argmax(1), torch.tensor(99))
+        ndcg = torch.where(rank < 10, 1 / torch.log2(rank.float() + 2), torch.tensor(0.0)).mean()
+        return f"NDCG@10 {float(ndcg):.4f}, recall@20 {float((rank < 20).float().mean()):.4f}"
+
+    width_used = model.settings.num_beams
+    beams = [f"beam {width_used}: {ranking(items)}"]
+    if args.wide_beam:
+        import dataclasses
+        model.settings = dataclasses.replace(model.settings, num_beams=args.wide_beam)
+        beams.append(f"beam {args.wide_beam}: {ranking(model.recommend(seq, lens, top_k=20)[0])}")
     base_ranks = baseline_level_ranks(args.baseline, model, seq, lens, targets) if args.baseline else None
     levels = model.index.prefixes
     lines = [f"{os.path.basename(args.checkpoint)}: {len(targets)} validation rows of "
-             f"{config['dataset']}; beam recall@{model.settings.num_beams}: {found.mean():.4f}; "
-             f"search errors: {float(search_errors):.4f}",
-             "", "| level | children (median) | hit@1 | hit@5 | hit@20 | mean log-p (renormalised) |"
+             f"{config['dataset']}; beam recall@{width_used}: {found.mean():.4f}; "
+             f"search errors: {float(search_errors):.4f}; " + "; ".join(beams),
+             f"code_softmax: {model.settings.code_softmax}", "",
+             "| level | children (median) | hit@1 | hit@5 | hit@20 | mean log-p (renormalised) | mean log-p (as decoded) |"
              + (" baseline hit@1 | hit@5 | hit@20 |" if base_ranks is not None else ""),
-             "|---" * (6 + (3 if base_ranks is not None else 0)) + "|"]
+             "|---" * (7 + (3 if base_ranks is not None else 0)) + "|"]
     for level, name in enumerate(levels):
         r = ranks[:, level]
         line = (f"| {name} | {np.median(width[:, level]):.0f} | {np.mean(r < 1):.4f} | "
-                f"{np.mean(r < 5):.4f} | {np.mean(r < 20):.4f} | {logps[:, level].mean():.3f} |")
+                f"{np.mean(r < 5):.4f} | {np.mean(r < 20):.4f} | {logps[:, level].mean():.3f} | "
+                f"{decoded[:, level].mean():.3f} |")
         if base_ranks is not None:
             b = base_ranks[:, level]
             line += f" {np.mean(b < 1):.4f} | {np.mean(b < 5):.4f} | {np.mean(b < 20):.4f} |"

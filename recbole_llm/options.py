@@ -209,6 +209,7 @@ CHOICES = {
     "long_tail_transform": ("log", "linear"),
     "gct_projector": ("linear", "mlp"),
     "code_softmax": ("vocabulary", "trie"),
+    "index_quantizer": ("hierarchical", "residual"),
     "gat_mode": ("sample", "user"),
 }
 

@@ -138,6 +138,8 @@ PROBES = [
           "'item2index' must be a number in [0, 1]"),
     Probe("unknown code softmax", opts(EAGER, "--code_softmax=leaves"), 2,
           "'code_softmax' must be one of"),
+    Probe("unknown index quantizer", opts(EAGER, "--index_quantizer=vq"), 2,
+          "'index_quantizer' must be one of"),
     Probe("cut-off past the beams", opts(EAGER, "--topk=[10,50]"), 2,
           "topk [10, 50] goes past num_beams=20"),
     Probe("unknown auxiliary task", opts(EAGER, "--aux_task_ratio={'item2text':0.5}"), 2,

@@ -39,6 +39,21 @@ def test_index_compositions(composition, prefixes):
         build_dual_source_codes(sem, beh, "fused", 4, 2, 2, 10, 0)
 
 
+def test_residual_codes_mean_the_same_under_every_parent():
+    """Residual k-means: the second level clusters the residuals of all items, so a
+    code is a direction shared across parents."""
+    rng = np.random.default_rng(0)
+    centres, offsets = rng.normal(size=(4, 2)) * 10, rng.normal(size=(4, 2))
+    x = np.vstack([c + o + 0.01 * rng.normal(size=(20, 2)) for c in centres for o in offsets])
+    offset_of = np.tile(np.repeat(np.arange(4), 20), 4)
+    codes, _ = build_dual_source_codes(x, x, "semantic", k=4, sem_levels=1, beh_levels=1,
+                                       iters=20, seed=0, quantizer="residual")
+    # one second-level code per offset, whichever centre the item sits at
+    assert len({(a, b) for a, b in zip(offset_of, codes[:, 1])}) == 4
+    with pytest.raises(ValueError, match="index_quantizer"):
+        build_dual_source_codes(x, x, "unit", 4, 1, 1, 10, 0, quantizer="vq")
+
+
 def test_info_nce_falls_and_ignores_duplicate_items():
     torch.manual_seed(0)
     keys = torch.randn(32, 16)
@@ -290,13 +305,15 @@ def test_preference_answers_leave_out_values_every_item_has(eager):
 
 def test_trie_softmax_scores_codes_over_valid_children_only(eager):
     """``code_softmax: trie``: an answer that spells an item's codes has each token's
-    softmax over its prefix's valid children (a one-child level costs nothing), a
-    text answer is untouched, and decoding scores items as ``predict`` does."""
+    softmax over its prefix's valid children (a one-child level: zero loss, zero
+    gradient), a text answer keeps the whole vocabulary, and decoding scores items
+    as ``predict`` does."""
     import dataclasses
 
+    import torch.nn.functional as F
     from recbole.data.interaction import Interaction
 
-    from recbole_llm.llm.prompts import answer_logits, training_batch
+    from recbole_llm.llm.prompts import answer_logits
 
     _, (train, _, _), model, _ = eager
     rows = next(iter(train))
@@ -305,46 +322,46 @@ def test_trie_softmax_scores_codes_over_valid_children_only(eager):
     prompts = model.history_prompts(seq, lens)
     answers = [model.index.token_ids(i) for i in items[:4]] + \
               [model.item_text_ids[i] + [model.eos_id] for i in items[4:]]
-    batch = training_batch(prompts, answers, model.pad_id, model.settings.llm_max_prompt_tokens)
     saved = model.settings
     model.eval()
     try:
+        assert model.packed_batch(prompts, answers)[1] is None                 # vocabulary
         with torch.no_grad():
-            logits, target, (r, c), _ = answer_logits(model.llm, batch)
-            owner = batch.owner[r, c]
-            assert torch.equal(model.code_logits(logits, target, owner), logits)  # vocabulary
-            full_scores = model.recommend(seq, lens)
-            model.settings = dataclasses.replace(saved, code_softmax="trie")
-            masked = model.code_logits(logits, target, owner)
-            logp = torch.log_softmax(masked, -1)
-            single_levels = 0
-            for s in range(6):
-                tokens = (owner == s).nonzero().squeeze(1)
-                if s >= 4:                      # text: as the whole vocabulary scores it
-                    assert torch.equal(masked[tokens], logits[tokens])
-                    continue
-                node = 0
-                for level, m in enumerate(tokens.tolist()):
-                    allowed = torch.as_tensor(model.trie.allowed(level, node))
-                    assert logp[m, allowed].exp().sum() == pytest.approx(1.0, abs=1e-5)
-                    if len(allowed) == 1:
-                        single_levels += 1
-                        assert logp[m, allowed[0]] == pytest.approx(0.0, abs=1e-6)
-                    node = model.trie.child(level, node, int(target[m]))
-            assert single_levels                # the tiny index has one-child levels
+            full_scores = model.recommend(seq, lens)[1]
+        model.settings = dataclasses.replace(saved, code_softmax="trie")
+        batch, codes = model.packed_batch(prompts, answers)
+        logits, target, (r, c), _ = answer_logits(model.llm, batch)
+        logits = logits.detach().requires_grad_(True)
+        owner = batch.owner[r, c]
+        losses = model.token_losses(logits, target, codes)
+        plain = F.cross_entropy(logits, target, reduction="none")
+        one_child = []
+        for s_ in range(6):
+            tokens = (owner == s_).nonzero().squeeze(1).tolist()
+            if s_ >= 4:                          # text: the whole vocabulary
+                assert torch.allclose(losses[tokens], plain[tokens])
+                continue
+            node = 0
+            for level, m in enumerate(tokens):
+                allowed = torch.as_tensor(model.trie.allowed(level, node))
+                mine = int((allowed == target[m]).nonzero())
+                expected = -torch.log_softmax(logits[m, allowed], 0)[mine]
+                assert losses[m].item() == pytest.approx(expected.item(), abs=1e-5)
+                if len(allowed) == 1:
+                    one_child.append(m)
+                node = model.trie.child(level, node, int(target[m]))
+        assert one_child and len(codes.rows) == 4 * model.trie.depth
+        losses[one_child].sum().backward()
+        assert torch.count_nonzero(logits.grad) == 0 and losses[one_child].abs().max() < 1e-6
+        with torch.no_grad():
             found, scores = model.recommend(seq, lens)
             k = found.shape[1]
             inter = Interaction({model.ITEM_SEQ: seq.repeat_interleave(k, 0),
                                  model.ITEM_SEQ_LEN: lens.repeat_interleave(k, 0),
                                  model.ITEM_ID: found.reshape(-1)})
             assert torch.allclose(model.predict(inter).view(-1, k), scores, atol=1e-4)
-            # renormalised over fewer tokens, every item's score rises
-            assert (scores[:, 0] >= full_scores[1][:, 0] - 1e-5).all()
-            # training: a one-child level adds nothing to the recommendation loss
-            model.train()
-            loss = model.task_loss(batch, ["seqrec"] * 4 + ["index2item"] * 2)[0]
-            assert torch.isfinite(loss)
-            model.epoch_losses()
+        # renormalised over fewer tokens, the best item's score rises
+        assert (scores[:, 0] >= full_scores[:, 0] - 1e-5).all()
     finally:
         model.settings = saved
         model.eval()

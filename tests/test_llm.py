@@ -150,6 +150,31 @@ def test_constrained_beam_search_valid_distinct_sorted_and_exact(lm_with_items):
     assert items[1, :5].tolist() == (np.argsort(-exact)[:5] + 1).tolist()
 
 
+def test_renormalised_beam_search_is_exact_over_valid_children(lm_with_items):
+    """``renormalize``: each step's softmax over the prefix's valid children; with
+    every item in the beam, the ranking equals brute force under that softmax."""
+    model, tok, index, trie = lm_with_items
+    prompt = "which movie will the user watch next ? answer"
+    enc = tok([prompt], return_tensors="pt")
+    ids = enc["input_ids"][0].tolist()
+    seqs = torch.tensor([ids + index.token_ids(i) for i in range(1, index.n_items)])
+    with torch.no_grad():
+        logits = model(seqs).logits[:, len(ids) - 1:-1]
+    exact = torch.zeros(len(seqs))
+    for row, item in enumerate(range(1, index.n_items)):
+        node = 0
+        for level, token in enumerate(index.token_ids(item)):
+            allowed = torch.as_tensor(trie.allowed(level, node))
+            logp = torch.log_softmax(logits[row, level, allowed], 0)
+            exact[row] += logp[int((allowed == token).nonzero())]
+            node = trie.child(level, node, token)
+    items, scores = constrained_beam_search(model, enc["input_ids"], enc["attention_mask"], trie,
+                                            num_beams=index.n_items - 1, renormalize=True)
+    assert torch.allclose(scores[0], exact[items[0] - 1], atol=1e-4)
+    assert torch.allclose(scores[0], exact.sort(descending=True).values, atol=1e-4)
+    assert torch.logsumexp(scores[0], 0).item() == pytest.approx(0.0, abs=1e-4)  # a distribution
+
+
 def test_full_sort_scores_row():
     items = torch.tensor([[3, 1, 0]])
     scores = torch.tensor([[-0.5, -1.0, float("-inf")]])

@@ -17,6 +17,7 @@ A subclass sets ``TASK_SLOTS`` (task -> its template's slot), builds
 :meth:`setup_prompts` after :meth:`load_llm`.
 """
 from contextlib import nullcontext
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -154,15 +155,15 @@ class GenerativeRecommender(LLMRecommender, SequentialRecommender):
         return self.rng.choice(n, size=count, replace=False) if count else np.zeros(0, dtype=np.int64)
 
     # ------------------------------------------------------------------ loss
-    def task_loss(self, batch, tasks: list):
+    def task_loss(self, batch, tasks: list, codes: "CodeTargets" = None):
         """Sum over tasks of ``task_loss_weights[task]`` x the task's mean token loss:
         pooled over tokens, a 49-token text answer would outweigh a 4-code
-        recommendation answer; ``(loss, last hidden states)``.  Under several
+        recommendation answer; ``(loss, last hidden states)``.  ``codes`` (from
+        :meth:`packed_batch`): code answers scored over their prefix's children.  Under several
         processes each task's mean is over the whole batch's tokens (counts summed
         over the processes), so the averaged gradients are one process's."""
         logits, target, (rows, cols), hidden = answer_logits(self.llm, batch)
-        logits = self.code_logits(logits, target, batch.owner[rows, cols])
-        token_loss = F.cross_entropy(logits, target, reduction="none")
+        token_loss = self.token_losses(logits, target, codes)
         names = sorted(self.TASK_SLOTS)
         task_of_seq = torch.as_tensor([names.index(t) for t in tasks], device=token_loss.device)
         task_of_token = task_of_seq[batch.owner[rows, cols]]
@@ -178,35 +179,34 @@ class GenerativeRecommender(LLMRecommender, SequentialRecommender):
         present = counts > 0  # the tasks of the batch alone: the same sum, term for term
         return (weights * sums / counts.clamp(min=1))[present].sum() * world_size(), hidden
 
-    def code_logits(self, logits, target, owner):
-        """With ``code_softmax: trie``, the logits of every answer that spells an
-        item's codes (whatever its task) restricted to the valid children of the
-        code's prefix, so its softmax is over those alone, as in decoding; answer
-        tokens of a sequence are contiguous rows, in order.  ``vocabulary``: as is."""
-        if self.settings.code_softmax != "trie" or not len(target):
-            return logits
-        owners, counts = torch.unique_consecutive(owner, return_counts=True)
-        keep_rows, keep_cols, masked = [], [], []
+    def packed_batch(self, prompts, answers, suffixes=None):
+        """The training batch on the model's device, and with ``code_softmax: trie``
+        the :class:`CodeTargets` of its answers that spell an item's codes
+        (whatever the task), found on the host before the forward pass."""
+        batch = training_batch(prompts, answers, self.pad_id, self.settings.llm_max_prompt_tokens,
+                               suffixes, dtype=self.llm.dtype)
+        codes = self._code_targets(batch) if self.settings.code_softmax == "trie" else None
+        device = self.item_codes.device
+        return batch.to(device), (codes.to(device) if codes is not None else None)
+
+    def _code_targets(self, batch) -> "CodeTargets":
+        target = batch.labels[:, 1:]
+        rows, cols = (target != -100).nonzero(as_tuple=True)  # answer_logits' order
+        tokens = target[rows, cols].tolist()
+        owner = batch.owner[rows, cols + 1].tolist()
+        picked, levels, nodes = [], [], []
         start = 0
-        tokens = target.tolist()
-        for count in counts.tolist():
-            answer = tokens[start:start + count]
-            nodes = self._code_path(answer) if count == self.trie.depth else None
-            if nodes is not None:
-                for level, node in enumerate(nodes):
-                    allowed = self.trie.allowed(level, node)
-                    keep_rows.append(np.full(len(allowed), start + level))
-                    keep_cols.append(allowed)
-                masked.extend(range(start, start + count))
-            start += count
-        if not masked:
-            return logits
-        keep = torch.zeros_like(logits, dtype=torch.bool)
-        keep[torch.as_tensor(np.concatenate(keep_rows), device=logits.device),
-             torch.as_tensor(np.concatenate(keep_cols), device=logits.device)] = True
-        other = torch.ones(len(logits), dtype=torch.bool, device=logits.device)
-        other[torch.as_tensor(masked, device=logits.device)] = False
-        return logits.masked_fill(~(keep | other[:, None]), torch.finfo(logits.dtype).min)
+        while start < len(tokens):  # one answer: the contiguous tokens of one sequence
+            end = start + 1
+            while end < len(tokens) and owner[end] == owner[start]:
+                end += 1
+            path = self._code_path(tokens[start:end]) if end - start == self.trie.depth else None
+            if path is not None:
+                picked.extend(range(start, end))
+                levels.extend(range(end - start))
+                nodes.extend(path)
+            start = end
+        return CodeTargets.build(self.trie, picked, levels, nodes)
 
     def _code_path(self, tokens):
         """The trie node before each token of ``tokens``, or None if they are no item's codes."""
@@ -217,6 +217,17 @@ class GenerativeRecommender(LLMRecommender, SequentialRecommender):
             if node < 0:
                 return None
         return nodes
+
+    @staticmethod
+    def token_losses(logits, target, codes=None):
+        """Cross-entropy of each answer token; a code token of ``codes`` over its
+        prefix's valid children only (a one-child level: zero loss, zero gradient)."""
+        loss = F.cross_entropy(logits, target, reduction="none")
+        if codes is None or not len(codes.rows):
+            return loss
+        child = logits[codes.rows[:, None], codes.children].masked_fill(~codes.valid, float("-inf"))
+        restricted = torch.logsumexp(child, 1) - logits[codes.rows, target[codes.rows]]
+        return loss.index_copy(0, codes.rows, restricted)
 
     def epoch_losses(self) -> dict:
         """Each task's mean token loss over the epoch's batches (this process's share),
@@ -282,12 +293,35 @@ class GenerativeRecommender(LLMRecommender, SequentialRecommender):
         as decoding scores them (``code_softmax``)."""
         prompts = self.history_prompts(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         answers = [self.index.token_ids(int(i)) for i in interaction[self.ITEM_ID].tolist()]
-        device = self.item_codes.device
-        batch = training_batch(prompts, answers, self.pad_id,
-                               self.settings.llm_max_prompt_tokens).to(device)
+        batch, codes = self.packed_batch(prompts, answers)
         with self._inference_llm():
             logits, target, (rows, cols), _ = answer_logits(self.llm, batch)
-        owner = batch.owner[rows, cols]
-        logits = self.code_logits(logits, target, owner)
-        token_logp = torch.log_softmax(logits, -1).gather(-1, target[:, None]).squeeze(-1)
-        return torch.zeros(len(prompts), device=device).index_add(0, owner, token_logp)
+        token_logp = -self.token_losses(logits, target, codes)
+        return torch.zeros(len(prompts), device=token_logp.device).index_add(
+            0, batch.owner[rows, cols], token_logp)
+
+
+class CodeTargets(NamedTuple):
+    """The answer tokens of a batch that spell an item's codes: their index in
+    ``answer_logits``' order and the valid children of each one's prefix."""
+    rows: torch.Tensor      # [C]
+    children: torch.Tensor  # [C, W] token ids, padded
+    valid: torch.Tensor     # [C, W]
+
+    @classmethod
+    def build(cls, trie, rows, levels, nodes):
+        rows, levels, nodes = (np.asarray(v, dtype=np.int64) for v in (rows, levels, nodes))
+        blocks = [trie.children_block(level, nodes[levels == level]) if (levels == level).any()
+                  else None for level in range(trie.depth)]
+        width = max([b[0].shape[1] for b in blocks if b is not None], default=1)
+        children = np.zeros((len(rows), width), dtype=np.int64)
+        valid = np.zeros((len(rows), width), dtype=bool)
+        for level, block in enumerate(blocks):
+            if block is not None:
+                at = levels == level
+                children[at, :block[0].shape[1]] = block[0]
+                valid[at, :block[2].shape[1]] = block[2]
+        return cls(torch.as_tensor(rows), torch.as_tensor(children), torch.as_tensor(valid))
+
+    def to(self, device):
+        return CodeTargets(*(t.to(device) for t in self))

@@ -30,7 +30,6 @@ import torch.nn.functional as F
 
 from recbole_llm.distributed import gather_rows
 from recbole_llm.llm.encoder import item_text_embeddings
-from recbole_llm.llm.prompts import training_batch
 from recbole_llm.model.conventional import checkpoint_item_embeddings, train_item_embeddings
 from recbole_llm.model.eagerllm.index import build_dual_source_codes, index_key
 from recbole_llm.model.eagerllm.settings import EAGERSettings
@@ -104,13 +103,14 @@ class EAGERLLM(GenerativeRecommender):
         s = self.settings
         settings = dict(composition=s.index_composition, k=s.index_k,
                         sem_levels=s.index_semantic_levels, beh_levels=s.index_behavior_levels,
-                        iters=s.index_kmeans_iters, seed=s.seed, collision=s.index_collision)
+                        iters=s.index_kmeans_iters, seed=s.seed, collision=s.index_collision,
+                        quantizer=s.index_quantizer)
         key = index_key(cache, sem, beh, settings)
         if cache.has_arrays(key):
             return ItemIndex.load(cache, key)
         codes, prefixes = build_dual_source_codes(
             sem[1:], beh[1:], settings["composition"], settings["k"], settings["sem_levels"],
-            settings["beh_levels"], settings["iters"], settings["seed"])
+            settings["beh_levels"], settings["iters"], settings["seed"], settings["quantizer"])
         collision = settings["collision"]
         if collision == "extra_code":
             prefixes = prefixes + ["x"]
@@ -203,9 +203,8 @@ class EAGERLLM(GenerativeRecommender):
             if suffixes is not None:
                 suffixes = suffixes + [[] for _ in aux_prompts]
         device = self.item_codes.device
-        batch = training_batch(prompts, answers, self.pad_id, self.settings.llm_max_prompt_tokens, suffixes,
-                               dtype=self.llm.dtype).to(device)
-        loss, hidden = self.task_loss(batch, tasks)
+        batch, codes = self.packed_batch(prompts, answers, suffixes)
+        loss, hidden = self.task_loss(batch, tasks, codes)
         if use_gct:
             h_con = hidden[batch.ends[:n_rec, 0], batch.ends[:n_rec, 1]]  # [CON]'s last hidden state
             if self.settings.gct_projector == "linear":  # as the authors' code: unit length first

@@ -13,6 +13,7 @@ class EAGERSettings(LLMSettings):
     # dual-source index
     index_composition: str
     index_k: int
+    index_quantizer: str
     index_semantic_levels: int
     index_behavior_levels: int
     index_kmeans_iters: int

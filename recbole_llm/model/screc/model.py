@@ -32,7 +32,6 @@ from recbole.utils import InputType
 from recbole_llm.errors import InputError
 from recbole_llm.fingerprint import array_fingerprint
 from recbole_llm.llm.backbone import add_tokens, answer_token_ids, decoder_and_head
-from recbole_llm.llm.prompts import training_batch
 from recbole_llm.model.conventional import checkpoint_item_embeddings, train_item_embeddings
 from recbole_llm.model.generative import GenerativeRecommender
 from recbole_llm.model.screc.settings import SCRecSettings
@@ -162,7 +161,7 @@ class SCRec(GenerativeRecommender):
     def _tokenize(self, collab: np.ndarray, text: np.ndarray) -> dict:
         """Stage one, cached under every setting and the contents of both inputs."""
         s = self.settings
-        key = self.cache.key("screc-codes", settings=s.key_parts(memo_dir=self.cache.root),
+        key = self.cache.key("screc-codes", settings=s.key_parts(exclude=("code_softmax",), memo_dir=self.cache.root),
                              collab=array_fingerprint(collab), text=array_fingerprint(text))
         if self.cache.has_arrays(key) and self.cache.has_json(key):
             arrays = self.cache.load_arrays(key)
@@ -279,9 +278,8 @@ class SCRec(GenerativeRecommender):
         prompts, answers, tasks = self.stage_two_samples(
             interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN],
             interaction[self.POS_ITEM_ID], negatives)
-        batch = training_batch(prompts, answers, self.pad_id, self.settings.llm_max_prompt_tokens,
-                               dtype=self.llm.dtype).to(self.item_codes.device)
-        return self.task_loss(batch, tasks)[0]
+        batch, codes = self.packed_batch(prompts, answers)
+        return self.task_loss(batch, tasks, codes)[0]
 
 
 def _report_line(report: dict) -> str:
