@@ -200,23 +200,13 @@ class GenerativeRecommender(LLMRecommender, SequentialRecommender):
             end = start + 1
             while end < len(tokens) and owner[end] == owner[start]:
                 end += 1
-            path = self._code_path(tokens[start:end]) if end - start == self.trie.depth else None
+            path = self.trie.path(tokens[start:end])
             if path is not None:
                 picked.extend(range(start, end))
                 levels.extend(range(end - start))
-                nodes.extend(path)
+                nodes.extend(path[0])
             start = end
         return CodeTargets.build(self.trie, picked, levels, nodes)
-
-    def _code_path(self, tokens):
-        """The trie node before each token of ``tokens``, or None if they are no item's codes."""
-        node, nodes = 0, []
-        for level, token in enumerate(tokens):
-            nodes.append(node)
-            node = self.trie.child(level, node, token)
-            if node < 0:
-                return None
-        return nodes
 
     @staticmethod
     def token_losses(logits, target, codes=None):

@@ -75,11 +75,20 @@ class PrefixTrie:
     def value(self, leaf: int):
         return self._leaf_values[leaf]
 
-    def lookup(self, sequence):
-        """The value of a full sequence, or None if it is not in the trie."""
-        node = 0
+    def path(self, sequence):
+        """The node before each token of a full sequence, and its leaf; None if the
+        sequence is not in the trie."""
+        if len(sequence) != self.depth:
+            return None
+        node, nodes = 0, []
         for level, token in enumerate(sequence):
+            nodes.append(node)
             node = self.child(level, node, int(token))
             if node < 0:
                 return None
-        return self.value(node)
+        return nodes, node
+
+    def lookup(self, sequence):
+        """The value of a full sequence, or None if it is not in the trie."""
+        found = self.path(sequence)
+        return None if found is None else self.value(found[1])
