@@ -57,6 +57,9 @@ ROWS = {
     # against unit_dropout's hierarchical ones
     "unit_residual": dict(EAGER, epochs=10, stopping_step=2, index_quantizer="residual",
                           cpu_threads=1),
+    # one token per k-means tree node (index_tokens: node): the second-level token
+    # names the item, not a rank shared by 256 parents (bench/results/eagerllm_diagnosis.md)
+    "unit_node": dict(EAGER, epochs=10, stopping_step=2, index_tokens="node"),
 }
 
 def row(name, force=False, seed=FIRST_SEED):

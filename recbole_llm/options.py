@@ -210,6 +210,7 @@ CHOICES = {
     "gct_projector": ("linear", "mlp"),
     "code_softmax": ("vocabulary", "trie"),
     "index_quantizer": ("hierarchical", "residual"),
+    "index_tokens": ("level", "node"),
     "gat_mode": ("sample", "user"),
 }
 

@@ -1,6 +1,6 @@
 """Item indices: k-means trees, residual quantisation, collisions, prefix trie."""
 from recbole_llm.tokenization.collision import collision_rate, resolve_collisions
-from recbole_llm.tokenization.index import ItemIndex, code_perplexity
+from recbole_llm.tokenization.index import ItemIndex, code_perplexity, node_codes, prefix_blocks
 from recbole_llm.tokenization.kmeans import hierarchical_kmeans, kmeans
 from recbole_llm.tokenization.residual import ResidualQuantizer, RQVAE, rq_kmeans, train_rqvae
 from recbole_llm.tokenization.trie import PrefixTrie
@@ -18,5 +18,5 @@ def quantize(embeddings, method: str, k: int, levels: int, seed: int = 0, **kwar
 
 
 __all__ = ["ItemIndex", "PrefixTrie", "ResidualQuantizer", "RQVAE", "code_perplexity",
-           "collision_rate", "hierarchical_kmeans", "kmeans", "quantize", "resolve_collisions",
+           "collision_rate", "hierarchical_kmeans", "kmeans", "node_codes", "prefix_blocks", "quantize", "resolve_collisions",
            "rq_kmeans", "train_rqvae"]

@@ -24,6 +24,32 @@ def code_perplexity(codes: np.ndarray) -> list:
     return out
 
 
+def node_codes(codes: np.ndarray, blocks) -> np.ndarray:
+    """Codes renumbered so that each level's code names its whole prefix within
+    its block (``blocks``: ``(start, end)`` level ranges, e.g. one per k-means
+    tree): one code, hence one token, per tree node.  Under tree k-means a
+    deeper code is a rank among its parent's children, so the same number
+    under two parents is two unrelated nodes; here they are two tokens.  The
+    map is one-to-one on prefixes: unique code rows stay unique."""
+    codes = np.asarray(codes, dtype=np.int64)
+    out = codes.copy()
+    for start, end in blocks:
+        for level in range(start, end):
+            out[:, level] = np.unique(codes[:, start:level + 1], axis=0, return_inverse=True)[1].reshape(-1)
+    return out
+
+
+def prefix_blocks(prefixes) -> list:
+    """Level ranges whose token prefixes share a first letter (``s1 s2 | b1 b2``):
+    the levels of one source's tree."""
+    blocks, start = [], 0
+    for level in range(1, len(prefixes) + 1):
+        if level == len(prefixes) or prefixes[level][0] != prefixes[start][0]:
+            blocks.append((start, level))
+            start = level
+    return blocks
+
+
 class ItemIndex:
     def __init__(self, codes: np.ndarray, prefixes=None):
         codes = np.asarray(codes, dtype=np.int64)

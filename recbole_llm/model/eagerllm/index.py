@@ -45,6 +45,6 @@ def build_dual_source_codes(sem: np.ndarray, beh: np.ndarray, composition: str, 
 
 
 def index_key(cache, sem: np.ndarray, beh: np.ndarray, settings: dict) -> str:
-    """The index is a function of the two embedding tables and its settings."""
+    """The index is a function of the two embedding tables and the settings."""
     return cache.key("eager-index", sem=array_fingerprint(sem), beh=array_fingerprint(beh),
-                     **settings)
+                     settings=settings)

@@ -35,7 +35,7 @@ from recbole_llm.model.eagerllm.index import build_dual_source_codes, index_key
 from recbole_llm.model.eagerllm.settings import EAGERSettings
 from recbole_llm.model.generative import GenerativeRecommender
 from recbole_llm.model.layers import info_nce, projector
-from recbole_llm.tokenization import ItemIndex
+from recbole_llm.tokenization import ItemIndex, node_codes, prefix_blocks
 
 CON_TOKEN = "[CON]"
 
@@ -100,21 +100,22 @@ class EAGERLLM(GenerativeRecommender):
 
     # ------------------------------------------------------------------ index
     def _build_index(self, sem, beh, cache, dataset) -> ItemIndex:
+        """Built once per embedding tables and settings (every setting keys it,
+        so none that shapes it can be forgotten; a rebuild is deterministic)."""
         s = self.settings
-        settings = dict(composition=s.index_composition, k=s.index_k,
-                        sem_levels=s.index_semantic_levels, beh_levels=s.index_behavior_levels,
-                        iters=s.index_kmeans_iters, seed=s.seed, collision=s.index_collision,
-                        quantizer=s.index_quantizer)
-        key = index_key(cache, sem, beh, settings)
+        key = index_key(cache, sem, beh, s.key_parts(memo_dir=cache.root))
         if cache.has_arrays(key):
             return ItemIndex.load(cache, key)
         codes, prefixes = build_dual_source_codes(
-            sem[1:], beh[1:], settings["composition"], settings["k"], settings["sem_levels"],
-            settings["beh_levels"], settings["iters"], settings["seed"], settings["quantizer"])
-        collision = settings["collision"]
-        if collision == "extra_code":
+            sem[1:], beh[1:], s.index_composition, s.index_k, s.index_semantic_levels,
+            s.index_behavior_levels, s.index_kmeans_iters, s.seed, s.index_quantizer)
+        if s.index_collision == "extra_code":
             prefixes = prefixes + ["x"]
-        index = ItemIndex.build(codes, collision=collision, k=settings["k"], prefixes=prefixes)
+        index = ItemIndex.build(codes, collision=s.index_collision, k=s.index_k, prefixes=prefixes)
+        if s.index_tokens == "node":  # after collisions: the map keeps rows unique
+            raw = index.raw_collision_rate
+            index = ItemIndex(node_codes(index.codes, prefix_blocks(prefixes)), prefixes)
+            index.raw_collision_rate = raw
         index.save(cache, key)
         return index
 

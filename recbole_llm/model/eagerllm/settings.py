@@ -14,6 +14,7 @@ class EAGERSettings(LLMSettings):
     index_composition: str
     index_k: int
     index_quantizer: str
+    index_tokens: str
     index_semantic_levels: int
     index_behavior_levels: int
     index_kmeans_iters: int
