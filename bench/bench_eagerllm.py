@@ -60,6 +60,11 @@ ROWS = {
     # one token per k-means tree node (index_tokens: node): the second-level token
     # names the item, not a rank shared by 256 parents (bench/results/eagerllm_diagnosis.md)
     "unit_node": dict(EAGER, epochs=10, stopping_step=2, index_tokens="node"),
+    # and the output layer tied to the token embeddings (SASRec scores with its input
+    # item table): an item's own tokens learn from its uses in histories and as answers
+    "unit_node_tied": dict(EAGER, epochs=10, stopping_step=2, index_tokens="node",
+                           llm_tie_embeddings=True),
+    "unit_tied": dict(EAGER, epochs=10, stopping_step=2, llm_tie_embeddings=True),
 }
 
 def row(name, force=False, seed=FIRST_SEED):

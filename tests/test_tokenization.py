@@ -4,7 +4,8 @@ import torch
 
 from recbole_llm.llm.cache import Cache
 from recbole_llm.tokenization import (ItemIndex, PrefixTrie, ResidualQuantizer, code_perplexity,
-                                      collision_rate, hierarchical_kmeans, quantize,
+                                      collision_rate, hierarchical_kmeans, node_codes,
+                                      prefix_blocks, quantize,
                                       resolve_collisions, rq_kmeans, train_rqvae)
 
 
@@ -60,6 +61,29 @@ def test_reassign_keeps_length_and_moves_only_colliders():
 def test_extra_code_ranks_within_group():
     codes = np.array([[1, 1], [0, 0], [1, 1], [1, 1]])
     assert resolve_collisions(codes)[:, 2].tolist() == [0, 0, 1, 2]
+
+
+def test_node_codes_give_each_tree_node_its_own_code():
+    """Tree k-means numbers a cluster's children 0..n under every parent; node codes
+    name the whole prefix within a source's levels, and rows stay unique."""
+    x, _ = clustered(n=400, clusters=4)
+    sem = hierarchical_kmeans(x, k=4, levels=2, iters=10)
+    beh = hierarchical_kmeans(x[::-1].copy(), k=4, levels=2, iters=10)
+    codes = resolve_collisions(np.hstack([sem, beh]), "extra_code")
+    blocks = prefix_blocks(["s1", "s2", "b1", "b2", "x"])
+    assert blocks == [(0, 2), (2, 4), (4, 5)]
+    nodes = node_codes(codes, blocks)
+    assert collision_rate(nodes) == 0
+    for start, end in blocks:
+        for level in range(start, end):
+            prefix = [tuple(r) for r in codes[:, start:level + 1].tolist()]
+            # one code per distinct prefix of its block, and the same code for the same prefix
+            assert len(set(nodes[:, level])) == len(set(prefix))
+            assert len(set(zip(prefix, nodes[:, level].tolist()))) == len(set(prefix))
+    # codes shared by two parents at the second level are two codes here
+    assert len(set(nodes[:, 1])) > len(set(codes[:, 1]))
+    # a block does not look at the levels before it
+    assert np.array_equal(node_codes(codes[:, 2:4], [(0, 2)]), nodes[:, 2:4])
 
 
 def test_item_index_tokens_and_cache_round_trip(tmp_path):

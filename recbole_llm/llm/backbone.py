@@ -115,15 +115,16 @@ def train_tokenizer(texts, vocab_size: int = 2000, save_dir: str = None):
 
 def small_llama(vocab_size: int, hidden: int = 256, layers: int = 4, heads: int = 4,
                 intermediate: int = None, max_positions: int = 1024, pad_token_id: int = 0,
-                seed: int = 0, dropout: float = 0.0):
-    """A randomly initialised Llama; ``dropout``: see :func:`add_dropout`."""
+                seed: int = 0, dropout: float = 0.0, tie: bool = False):
+    """A randomly initialised Llama; ``dropout``: see :func:`add_dropout`; ``tie``: the
+    output layer is the token embedding table."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=heads,
                          intermediate_size=intermediate or 4 * hidden,
                          max_position_embeddings=max_positions, pad_token_id=pad_token_id,
-                         tie_word_embeddings=False, attention_dropout=dropout)
+                         tie_word_embeddings=tie, attention_dropout=dropout)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     if dropout:
@@ -194,7 +195,8 @@ def load_backbone(config, corpus=None, cache: Cache = None):
                         layers=config["llm_num_layers"], heads=config["llm_num_heads"],
                         max_positions=config["llm_max_positions"],
                         pad_token_id=tokenizer.pad_token_id, seed=config["seed"],
-                        dropout=config["llm_dropout"]).to(llm_dtype(config))
+                        dropout=config["llm_dropout"],
+                        tie=bool(config["llm_tie_embeddings"])).to(llm_dtype(config))
     return _memory_settings(model, config), tokenizer
 
 

@@ -66,6 +66,7 @@ class LLMSettings:
     llm_num_heads: int
     llm_max_positions: int
     llm_dropout: float
+    llm_tie_embeddings: bool
     llm_dtype: str
     llm_gradient_checkpointing: bool
     llm_tuning: str
