@@ -90,6 +90,23 @@ def test_small_default_dropout_only_while_training():
     assert not [m for m in plain.modules() if m._forward_hooks]
 
 
+def test_tied_small_default_scores_with_its_embeddings(tmp_path):
+    """llm_tie_embeddings: the output layer is the token table, also after code
+    tokens are added; a gradient on an answer token reaches its input row."""
+    config = _config(llm_tie_embeddings=True, llm_hidden_size=32, llm_num_layers=1,
+                     llm_num_heads=2, llm_vocab_size=300)
+    model, tok = load_backbone(config, CORPUS, Cache(str(tmp_path)))
+    (new,) = add_tokens(model, tok, ["<a_1>"])
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    ids = torch.tensor([[tok.convert_tokens_to_ids("the"), 5]])
+    model(ids).logits[0, -1, new].backward()
+    assert model.get_input_embeddings().weight.grad[new].abs().sum() > 0
+    untied, _ = load_backbone(_config(llm_hidden_size=32, llm_num_layers=1, llm_num_heads=2,
+                                      llm_vocab_size=300),
+                              CORPUS, Cache(str(tmp_path)))
+    assert untied.lm_head.weight is not untied.get_input_embeddings().weight
+
+
 def test_auto_tuning_picks_per_backbone():
     from recbole_llm.llm.backbone import resolve_tuning
     assert resolve_tuning(_config()) == "full"
