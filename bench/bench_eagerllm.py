@@ -65,6 +65,10 @@ ROWS = {
     "unit_node_tied": dict(EAGER, epochs=10, stopping_step=2, index_tokens="node",
                            llm_tie_embeddings=True),
     "unit_tied": dict(EAGER, epochs=10, stopping_step=2, llm_tie_embeddings=True),
+    # 32 clusters per level: the semantic tree's 1,024 leaves hold about 12 items each,
+    # so the behaviour levels (clusters of the SASRec table, the same meaning under
+    # every semantic prefix) decide the item, instead of a rank at the second level
+    "unit_k32": dict(EAGER, epochs=10, stopping_step=2, index_k=32),
 }
 
 def row(name, force=False, seed=FIRST_SEED):
