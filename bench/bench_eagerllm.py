@@ -68,7 +68,8 @@ ROWS = {
     # 32 clusters per level: the semantic tree's 1,024 leaves hold about 12 items each,
     # so the behaviour levels (clusters of the SASRec table, the same meaning under
     # every semantic prefix) decide the item, instead of a rank at the second level
-    "unit_k32": dict(EAGER, epochs=10, stopping_step=2, index_k=32, index_collision="extra_code"),
+    "unit_k32": dict(EAGER, epochs=10, stopping_step=2, index_k=32, index_collision="extra_code",
+                     llm_max_prompt_tokens=170),
 }
 
 def row(name, force=False, seed=FIRST_SEED):
