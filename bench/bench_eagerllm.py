@@ -69,7 +69,7 @@ ROWS = {
     # so the behaviour levels (clusters of the SASRec table, the same meaning under
     # every semantic prefix) decide the item, instead of a rank at the second level
     "unit_k32": dict(EAGER, epochs=10, stopping_step=2, index_k=32, index_collision="extra_code",
-                     llm_max_prompt_tokens=170),
+                     llm_max_prompt_tokens=180),
 }
 
 def row(name, force=False, seed=FIRST_SEED):
