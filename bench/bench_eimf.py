@@ -51,14 +51,22 @@ ROWS = {
     "ml_ibim_latest": dict(ML, **IBIM, interest_positions="latest"),
     "ml_eimf_latest": dict(ML, **EIMF, esim_source="history", align_weight=0.01,
                            semantic_weight=0.01, interest_positions="latest"),
+    # two Transformer layers (SASRec's blocks) under the interest extractor
+    "ml_ibim_tf": dict(ML, **IBIM, interest_positions="latest", encoder_layers=2),
+    "ml_eimf_tf": dict(ML, **EIMF, esim_source="history", align_weight=0.01,
+                       semantic_weight=0.01, interest_positions="latest", encoder_layers=2),
+    "ibim_tf": dict(BEAUTY, **IBIM, interest_positions="latest", encoder_layers=2),
+    "eimf_tf": dict(BEAUTY, **EIMF, esim_source="history", align_weight=0.01,
+                    semantic_weight=0.01, interest_positions="latest", encoder_layers=2),
     "ibim_latest": dict(BEAUTY, **IBIM, interest_positions="latest"),
     "eimf_latest": dict(BEAUTY, **EIMF, esim_source="history", align_weight=0.01,
                         semantic_weight=0.01, interest_positions="latest"),
 }
 TABLES = {"eimf_beauty.md": ("sasrec", "eimf", "ibim", "eimf_text", "eimf_text_w001",
-                             "ibim_latest", "eimf_latest"),
+                             "ibim_latest", "eimf_latest", "ibim_tf", "eimf_tf"),
           "eimf_ml100k.md": ("ml_sasrec", "ml_eimf", "ml_ibim", "ml_eimf_text",
-                             "ml_eimf_text_w001", "ml_ibim_latest", "ml_eimf_latest")}
+                             "ml_eimf_text_w001", "ml_ibim_latest", "ml_eimf_latest", "ml_ibim_tf",
+                             "ml_eimf_tf")}
 
 
 def row(name, force=False, seed=FIRST_SEED):

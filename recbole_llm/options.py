@@ -175,7 +175,7 @@ _RANGES = [
      r"|prompt_(history|similar|base|candidate)_tokens|llm_max_prompt_tokens)", _at_least(1)),
     (r"(codebook_(levels|size|dim|hidden|epochs)|num_interests|esim_history_items"
      r"|esim_max_interests|esim_max_new_tokens|ap_max_iter|hidden_size|attention_hidden"
-     r"|routing_iterations)", _at_least(1)),
+     r"|routing_iterations|encoder_heads)", _at_least(1)),
     (r"ap_max_users", _at_least(2)),
     (r"ap_preference", ((lambda v: True), "any number")),  # AP's similarities are negative
     (r"ap_damping", _interval(0.5, 1, closed_high=False)),

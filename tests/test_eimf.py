@@ -27,12 +27,14 @@ def eimf(tmp_path_factory):
     return config, data, model, trainer
 
 
-@pytest.mark.parametrize("extractor,positions", [("self_attentive", "first"),
-                                                  ("self_attentive", "latest"),
-                                                  ("routing", "first")])
-def test_k_distinct_interests_that_ignore_padding(extractor, positions):
+@pytest.mark.parametrize("extractor,positions,layers", [("self_attentive", "first", 0),
+                                                         ("self_attentive", "latest", 0),
+                                                         ("routing", "first", 0),
+                                                         ("self_attentive", "latest", 2),
+                                                         ("routing", "first", 1)])
+def test_k_distinct_interests_that_ignore_padding(extractor, positions, layers):
     torch.manual_seed(0)
-    ibim = IBIM(50, 16, 4, extractor, 3, 32, 6, 0.0, positions).eval()
+    ibim = IBIM(50, 16, 4, extractor, 3, 32, 6, 0.0, positions, encoder_layers=layers).eval()
     seq = torch.randint(1, 50, (5, 6))
     lens = torch.tensor([6, 4, 3, 1, 5])
     seq[torch.arange(6)[None] >= lens[:, None]] = 0
@@ -67,6 +69,24 @@ def test_self_attentive_positions_count_from_the_first_or_the_latest_item(positi
     out = sa(h, mask)[:, 0]
     picked = torch.zeros(3, dtype=torch.long) if positions == "first" else lens - 1
     assert torch.allclose(out, h[torch.arange(3), picked], atol=1e-5)
+
+
+def test_encoder_layers_give_each_item_its_context():
+    """With Transformer layers an item's vector depends on the rest of the history
+    (so the interests do too, through items the extractor leaves out); without
+    them it is the item's embedding alone."""
+    torch.manual_seed(0)
+    seq = torch.tensor([[3, 4, 5, 0], [9, 4, 5, 0]])   # the first item differs
+    lens = torch.tensor([3, 3])
+    mask = torch.arange(4)[None] < lens[:, None]
+    for layers in (0, 2):
+        ibim = IBIM(20, 8, 2, "self_attentive", 3, 16, 4, 0.0, "latest",
+                    encoder_layers=layers).eval()
+        h = ibim.item_embedding(seq)
+        if ibim.encoder is not None:
+            h = ibim.encoder(h, mask)
+        moved = (h[0, 2] - h[1, 2]).abs().max()   # the latest item, the same in both
+        assert (moved > 1e-3) if layers else (moved == 0)
 
 
 def test_target_attention_leans_on_the_interest_nearest_the_target():

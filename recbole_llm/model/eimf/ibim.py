@@ -11,14 +11,56 @@ Two extractors, as in ComiRec:
   ComiRec (``first``), or back from the latest item (``latest``), so that
   "most recent" is one learned embedding for every history length.
 
+Before extraction the history can pass through ``encoder_layers`` Transformer
+layers (RecBole's, as in SASRec; attention over the history's own items, both
+directions), so that each item's vector carries its context before the
+interests pool them; with 0 the extractor reads the item embeddings, as in
+ComiRec.
+
 Padding positions never take part.  All that serving needs is here: the
 interests of a history and the item table.
 """
 import torch
 import torch.nn as nn
+from recbole.model.layers import TransformerEncoder
 
 EXTRACTORS = ("routing", "self_attentive")
 POSITIONS = ("first", "latest")
+
+
+def history_positions(mask: torch.Tensor, from_latest: bool) -> torch.Tensor:
+    """Position of each history slot: counted from the first item, or back from
+    the latest (0 = the latest; padding, which is masked, clamped to 0)."""
+    positions = torch.arange(mask.shape[1], device=mask.device)[None]    # [1, L]
+    if from_latest:
+        positions = (mask.sum(1, keepdim=True) - 1 - positions).clamp(min=0)
+    return positions
+
+
+class HistoryEncoder(nn.Module):
+    """Transformer layers over the history (SASRec's blocks, without its causal
+    mask: the interests are read from the whole history, the target is not in it)."""
+
+    def __init__(self, hidden: int, layers: int, heads: int, dropout: float, max_len: int,
+                 from_latest: bool):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"encoder_heads ({heads}) must divide hidden_size ({hidden})")
+        self.from_latest = from_latest
+        self.position = nn.Embedding(max_len, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)
+        self.layers = TransformerEncoder(n_layers=layers, n_heads=heads, hidden_size=hidden,
+                                         inner_size=4 * hidden, hidden_dropout_prob=dropout,
+                                         attn_dropout_prob=dropout, hidden_act="gelu",
+                                         layer_norm_eps=1e-12)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(self.norm(h + self.position(history_positions(mask, self.from_latest))))
+        # additive mask [B, 1, L, L]: no slot attends to padding
+        blocked = torch.zeros(mask.shape, dtype=x.dtype, device=x.device)
+        blocked = blocked.masked_fill(~mask, torch.finfo(x.dtype).min)[:, None, None, :]
+        return self.layers(x, blocked, output_all_encoded_layers=False)[-1]
 
 
 def squash(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -64,10 +106,7 @@ class SelfAttentive(nn.Module):
         self.w2 = nn.Linear(attention_hidden, k, bias=False)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(h.shape[1], device=h.device)[None]         # [1, L]
-        if self.from_latest:  # 0 = the latest item; padding (masked below) clamped to 0
-            positions = (mask.sum(1, keepdim=True) - 1 - positions).clamp(min=0)
-        x = h + self.position(positions)
+        x = h + self.position(history_positions(mask, self.from_latest))
         a = self.w2(torch.tanh(self.w1(x))).transpose(1, 2)       # [B, K, L]
         a = a.masked_fill(~mask[:, None, :], float("-inf")).softmax(dim=-1)
         return a @ h                                              # [B, K, H]
@@ -77,12 +116,15 @@ class IBIM(nn.Module):
     """Item table + interest extractor; ``interests(seq, len)`` -> ``[B, K, H]``."""
 
     def __init__(self, n_items: int, hidden: int, k: int, extractor: str, iterations: int,
-                 attention_hidden: int, max_len: int, dropout: float, positions: str = "first"):
+                 attention_hidden: int, max_len: int, dropout: float, positions: str = "first",
+                 encoder_layers: int = 0, encoder_heads: int = 2, encoder_dropout: float = 0.5):
         super().__init__()
         if extractor not in EXTRACTORS:
             raise ValueError(f"interest_extractor must be one of {EXTRACTORS}, not {extractor!r}")
         self.item_embedding = nn.Embedding(n_items, hidden, padding_idx=0)
         self.dropout = nn.Dropout(dropout)
+        self.encoder = HistoryEncoder(hidden, encoder_layers, encoder_heads, encoder_dropout,
+                                      max_len, positions == "latest") if encoder_layers else None
         self.extractor = DynamicRouting(hidden, k, iterations) if extractor == "routing" \
             else SelfAttentive(hidden, k, attention_hidden, max_len, positions)
         nn.init.normal_(self.item_embedding.weight, std=0.02)
@@ -92,6 +134,8 @@ class IBIM(nn.Module):
     def interests(self, item_seq: torch.Tensor, item_len: torch.Tensor) -> torch.Tensor:
         mask = torch.arange(item_seq.shape[1], device=item_seq.device)[None] < item_len[:, None]
         h = self.dropout(self.item_embedding(item_seq))
+        if self.encoder is not None:
+            h = self.encoder(h, mask)
         return self.extractor(h, mask)
 
     @staticmethod

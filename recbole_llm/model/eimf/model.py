@@ -7,7 +7,7 @@ What makes it EIMF, and where it lives here:
 
 * IBIM (``ibim.py``): a multi-interest sequential encoder giving K interest
   vectors per user (``interest_extractor``: dynamic routing or
-  self-attentive); trained with target-aware attention over the interests and
+  self-attentive, optionally over ``encoder_layers`` Transformer layers); trained with target-aware attention over the interests and
   RecBole's cross-entropy over all items; full-sort prediction scores each
   item by its best interest (max over the K).
 * ESIM (``esim.py``, training only; ``prepare_semantics``, which
@@ -49,7 +49,8 @@ from recbole_llm.utils import forked_rng
 ESIM_VERSION = 4
 # settings read only after ESIM (IBIM, the losses): not part of its cache key
 AFTER_ESIM = ("hidden_size", "num_interests", "interest_extractor", "routing_iterations",
-              "interest_positions", "attention_hidden", "dropout_prob", "align_weight",
+              "interest_positions", "attention_hidden", "dropout_prob", "encoder_layers",
+              "encoder_heads", "encoder_dropout", "align_weight",
               "align_temperature", "semantic_weight")
 
 
@@ -81,7 +82,8 @@ class EIMF(LLMRecommender, SequentialRecommender):
         self.USER_ID = config["USER_ID_FIELD"]
         self.ibim = IBIM(self.n_items, s.hidden_size, s.num_interests, s.interest_extractor,
                          s.routing_iterations, s.attention_hidden, self.max_seq_length,
-                         s.dropout_prob, s.interest_positions)
+                         s.dropout_prob, s.interest_positions, s.encoder_layers,
+                         s.encoder_heads, s.encoder_dropout)
         # the integration heads (training only); the text side's size is the encoder's
         text_dim = encoder_dim(s.text_encoder_path)
         self.sem_proj = nn.Linear(text_dim, s.hidden_size)   # semantic -> interest space
@@ -97,6 +99,9 @@ class EIMF(LLMRecommender, SequentialRecommender):
     def check_settings(cls, final: dict) -> None:
         if final["esim_prompt"].count("{history}") != 1:
             raise InputError(f"esim_prompt {final['esim_prompt']!r} must hold {{history}} exactly once")
+        if final["encoder_layers"] and final["hidden_size"] % final["encoder_heads"]:
+            raise InputError(f"encoder_heads ({final['encoder_heads']}) must divide hidden_size "
+                             f"({final['hidden_size']}) when encoder_layers > 0")
 
     # ------------------------------------------------------------------ ESIM
     def _llm_identity(self, config) -> str:

@@ -15,6 +15,9 @@ class EIMFSettings(LLMSettings):
     interest_positions: str
     attention_hidden: int
     dropout_prob: float
+    encoder_layers: int
+    encoder_heads: int
+    encoder_dropout: float
     # ESIM
     prompt_item_field: Optional[str]
     esim_source: str
