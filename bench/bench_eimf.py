@@ -58,15 +58,51 @@ ROWS = {
     "ibim_tf": dict(BEAUTY, **IBIM, interest_positions="latest", encoder_layers=2),
     "eimf_tf": dict(BEAUTY, **EIMF, esim_source="history", align_weight=0.01,
                     semantic_weight=0.01, interest_positions="latest", encoder_layers=2),
+    # every item attends over the interests itself, in training and serving
+    "ml_ibim_cand": dict(ML, **IBIM, interest_positions="latest", encoder_layers=2,
+                         interest_scoring="candidate"),
+    "ibim_cand": dict(BEAUTY, **IBIM, interest_positions="latest", encoder_layers=2,
+                      interest_scoring="candidate"),
+    # ... without the Transformer layers
+    "ml_ibim_cand_sa": dict(ML, **IBIM, interest_positions="latest",
+                            interest_scoring="candidate"),
+    "ml_eimf_cand_sa": dict(ML, **EIMF, esim_source="history", align_weight=0.01,
+                            semantic_weight=0.01, interest_positions="latest",
+                            interest_scoring="candidate"),
+    "ibim_cand_sa": dict(BEAUTY, **IBIM, interest_positions="latest",
+                         interest_scoring="candidate"),
+    "eimf_cand_sa": dict(BEAUTY, **EIMF, esim_source="history", align_weight=0.01,
+                         semantic_weight=0.01, interest_positions="latest",
+                         interest_scoring="candidate"),
+    "ml_eimf_cand": dict(ML, **EIMF, esim_source="history", align_weight=0.01,
+                         semantic_weight=0.01, interest_positions="latest", encoder_layers=2,
+                         interest_scoring="candidate"),
+    "eimf_cand": dict(BEAUTY, **EIMF, esim_source="history", align_weight=0.01,
+                      semantic_weight=0.01, interest_positions="latest", encoder_layers=2,
+                      interest_scoring="candidate"),
+    # one interest: the multi-interest structure's own cost
+    "ml_ibim_k1": dict(ML, **IBIM, interest_positions="latest", encoder_layers=2,
+                       num_interests=1),
+    "ibim_k1": dict(BEAUTY, **IBIM, interest_positions="latest", encoder_layers=2,
+                    num_interests=1),
     "ibim_latest": dict(BEAUTY, **IBIM, interest_positions="latest"),
     "eimf_latest": dict(BEAUTY, **EIMF, esim_source="history", align_weight=0.01,
                         semantic_weight=0.01, interest_positions="latest"),
 }
+# The rows name every IBIM setting whose default has changed since they ran (ComiRec's
+# values then), so that re-running one reproduces it
+COMIREC = {"interest_positions": "first", "encoder_layers": 0, "interest_scoring": "target"}
+for _settings in ROWS.values():
+    if _settings["model"] == "EIMF":
+        for _key, _value in COMIREC.items():
+            _settings.setdefault(_key, _value)
 TABLES = {"eimf_beauty.md": ("sasrec", "eimf", "ibim", "eimf_text", "eimf_text_w001",
-                             "ibim_latest", "eimf_latest", "ibim_tf", "eimf_tf"),
+                             "ibim_latest", "eimf_latest", "ibim_tf", "eimf_tf", "ibim_cand",
+                             "eimf_cand", "ibim_k1", "ibim_cand_sa", "eimf_cand_sa"),
           "eimf_ml100k.md": ("ml_sasrec", "ml_eimf", "ml_ibim", "ml_eimf_text",
                              "ml_eimf_text_w001", "ml_ibim_latest", "ml_eimf_latest", "ml_ibim_tf",
-                             "ml_eimf_tf")}
+                             "ml_eimf_tf", "ml_ibim_cand", "ml_eimf_cand", "ml_ibim_k1", "ml_ibim_cand_sa",
+                             "ml_eimf_cand_sa")}
 
 
 def row(name, force=False, seed=FIRST_SEED):

@@ -204,6 +204,7 @@ CHOICES = {
     "align_target": ("input_embeddings", "hidden_mean"),
     "interest_extractor": ("self_attentive", "routing"),
     "interest_positions": ("first", "latest"),
+    "interest_scoring": ("target", "candidate"),
     "esim_source": ("llm", "history"),
     "aug_decoding": ("constrained", "free"),
     "long_tail_transform": ("log", "linear"),

@@ -74,6 +74,10 @@ def load_model_and_data(checkpoint: str, **overrides):
     sampling = settings.get("train_neg_sample_args")
     if isinstance(sampling, dict) and sampling.get("distribution") == "none":
         settings["train_neg_sample_args"] = None  # RecBole's spelling of "no sampling"
+    # settings whose default changed: a checkpoint without one was trained with the old value
+    from recbole_llm.registry import get_model_class
+    for key, value in getattr(get_model_class(meta["model"]), "DEFAULTS_BEFORE", {}).items():
+        settings.setdefault(key, value)
     settings.update(overrides)
     config = Config(model=meta["model"], dataset=meta["dataset"], config_dict=settings, argv=[])
     dataset, splits, model, _ = build(config)

@@ -85,14 +85,75 @@ def test_encoder_layers_give_each_item_its_context():
         h = ibim.item_embedding(seq)
         if ibim.encoder is not None:
             h = ibim.encoder(h, mask)
+            # SASRec's initialisation: positions as small as the items, not N(0, 1)
+            assert ibim.encoder.position.weight.std() < 0.05
         moved = (h[0, 2] - h[1, 2]).abs().max()   # the latest item, the same in both
         assert (moved > 1e-3) if layers else (moved == 0)
+        # interests() reads the encoded history, not the bare embeddings
+        v = ibim.interests(seq, lens)
+        assert torch.allclose(v, ibim.extractor(h, mask), atol=1e-6)
+        bare = ibim.extractor(ibim.item_embedding(seq), mask)
+        assert torch.allclose(v, bare) == (layers == 0)
 
 
 def test_target_attention_leans_on_the_interest_nearest_the_target():
     interests = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]) * 5
     user = IBIM.target_attention(interests, torch.tensor([[1.0, 0.0]]))
     assert user[0, 0] > 4.9 and user[0, 1] < 0.1
+
+
+def test_candidate_scoring_attends_per_item_and_keeps_the_targets_logit():
+    """``candidate``: each item attends over the interests with its own affinity, so
+    the target's logit is the target-attended vector's, a negative is scored through
+    the interest that favours it (pushed down there in training, as served), one
+    interest gives the plain dot product, and sharp interests approach the max."""
+    torch.manual_seed(0)
+    interests, items = torch.randn(3, 4, 8), torch.randn(20, 8)
+    cand = IBIM.candidate_scores(interests, items)
+    assert cand.shape == (3, 20)
+    target = torch.tensor([2, 5, 11])
+    user = IBIM.target_attention(interests, items[target])
+    assert torch.allclose(cand[torch.arange(3), target], (user * items[target]).sum(-1), atol=1e-5)
+    assert not torch.allclose(cand, user @ items.T, atol=1e-3)   # negatives differ from target's rule
+    assert torch.allclose(IBIM.candidate_scores(interests[:, :1], items), interests[:, 0] @ items.T)
+    sharp = IBIM.candidate_scores(interests * 100, items)
+    assert torch.allclose(sharp, (interests * 100 @ items.T).max(1).values, rtol=1e-3, atol=1e-2)
+
+
+@pytest.mark.parametrize("scoring", ["target", "candidate"])
+def test_training_logits_and_serving_follow_interest_scoring(eimf, scoring):
+    """The cross-entropy's logits and both prediction paths use the configured rule,
+    and ``predict`` agrees with ``full_sort_predict``."""
+    import torch.nn.functional as F
+
+    _, (train, _, test), model, _ = eimf
+    model = copy.deepcopy(model)
+    model.eval()
+    model.settings = dataclasses.replace(model.settings, interest_scoring=scoring,
+                                         align_weight=0.0, semantic_weight=0.0)
+    with torch.no_grad():   # scores far from 0, so that the rules tell apart
+        model.ibim.item_embedding.weight.mul_(100)
+    batch = next(iter(train))
+    v = model.ibim.interests(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
+    table = model.ibim.item_embedding.weight
+    targets = batch[model.POS_ITEM_ID]
+    rules = {"candidate": IBIM.candidate_scores(v, table),
+             "target": IBIM.target_attention(v, table[targets]) @ table.T,
+             "mean": v.mean(1) @ table.T}
+    for other in set(rules) - {scoring}:
+        assert (rules[scoring] - rules[other]).abs().max() > 1e-2
+    logits = model.train_scores(v, targets)
+    assert torch.allclose(logits, rules[scoring], atol=1e-4)
+    assert torch.allclose(model.calculate_loss(batch), F.cross_entropy(logits, targets), atol=1e-5)
+    rows = next(iter(test))[0]
+    full = model.full_sort_predict(rows)
+    v = model.ibim.interests(rows[model.ITEM_SEQ], rows[model.ITEM_SEQ_LEN])
+    served = IBIM.candidate_scores(v, table) if scoring == "candidate" else \
+        (v @ table.T).max(1).values
+    assert torch.allclose(full, served, atol=1e-5)
+    rows.interaction[model.ITEM_ID] = torch.randint(1, model.n_items, (len(rows),))
+    one = model.predict(rows)
+    assert torch.allclose(one, full[torch.arange(len(rows)), rows[model.ITEM_ID]], atol=1e-5)
 
 
 def test_affinity_propagation_gives_exemplars_and_assigns_everyone():
@@ -326,6 +387,18 @@ def test_end_to_end_on_ml_tiny(cli, tmp_path):
     # RecBole's own load_data_and_model knows the plugin model and its splits
     reloaded = recbole_reloaded_test_result(checkpoint, tmp_path)
     assert reloaded["ndcg@10"] == pytest.approx(ndcg, abs=1e-4)
+    # a checkpoint from before IBIM's defaults changed (no such keys) is rebuilt with
+    # the values it was trained with, not today's defaults
+    from recbole_llm.model.eimf.model import EIMF
+    from recbole_llm.serving import load_model
+
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["config"]["final_config_dict"]["interest_scoring"] == "candidate"  # today's
+    for key in EIMF.DEFAULTS_BEFORE:
+        del saved["config"]["final_config_dict"][key]
+    torch.save(saved, tmp_path / "old.pth")
+    _, _, old = load_model(str(tmp_path / "old.pth"), llm_cache_dir=str(tmp_path / "cache"))
+    assert {k: getattr(old.settings, k) for k in EIMF.DEFAULTS_BEFORE} == EIMF.DEFAULTS_BEFORE
 
 
 def test_exemplar_interests_from_a_pretrained_llm_path(tiny_llm_path, tmp_path):

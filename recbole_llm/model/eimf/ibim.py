@@ -26,6 +26,7 @@ from recbole.model.layers import TransformerEncoder
 
 EXTRACTORS = ("routing", "self_attentive")
 POSITIONS = ("first", "latest")
+SCORINGS = ("target", "candidate")
 
 
 def history_positions(mask: torch.Tensor, from_latest: bool) -> torch.Tensor:
@@ -54,6 +55,19 @@ class HistoryEncoder(nn.Module):
                                          inner_size=4 * hidden, hidden_dropout_prob=dropout,
                                          attn_dropout_prob=dropout, hidden_act="gelu",
                                          layer_norm_eps=1e-12)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module):
+        """SASRec's initialisation: at PyTorch's defaults the N(0, 1) positions would
+        drown the items' N(0, 0.02) embeddings in ``norm(h + position)``."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+        if isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = self.dropout(self.norm(h + self.position(history_positions(mask, self.from_latest))))
@@ -145,7 +159,20 @@ class IBIM(nn.Module):
         weights = (interests @ target[..., None]).squeeze(-1).softmax(dim=-1)   # [B, K]
         return (weights[..., None] * interests).sum(1)
 
-    def full_scores(self, interests: torch.Tensor) -> torch.Tensor:
-        """Serving: each item's best score over the user's interests (ComiRec)."""
-        return (interests @ self.item_embedding.weight.T).max(dim=1).values
+    @staticmethod
+    def candidate_scores(interests: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Every candidate attends over the interests with its own affinity, the
+        target-aware attention with the candidate as the target: ``[B, K, H]`` x
+        ``[N, H]`` -> ``[B, N]``.  The target's score is ``target_attention``'s; a
+        negative is scored through the interests that favour it, as at serving."""
+        s = interests @ items.T                                   # [B, K, N]
+        return (s.softmax(dim=1) * s).sum(1)
 
+    def full_scores(self, interests: torch.Tensor, scoring: str = "target") -> torch.Tensor:
+        """Serving: ``target`` scores each item by its best interest (max over the K,
+        ComiRec); ``candidate`` by the attended mixture it was trained with."""
+        if scoring not in SCORINGS:
+            raise ValueError(f"interest_scoring must be one of {SCORINGS}, not {scoring!r}")
+        if scoring == "candidate":
+            return self.candidate_scores(interests, self.item_embedding.weight)
+        return (interests @ self.item_embedding.weight.T).max(dim=1).values

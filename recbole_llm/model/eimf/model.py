@@ -7,9 +7,13 @@ What makes it EIMF, and where it lives here:
 
 * IBIM (``ibim.py``): a multi-interest sequential encoder giving K interest
   vectors per user (``interest_extractor``: dynamic routing or
-  self-attentive, optionally over ``encoder_layers`` Transformer layers); trained with target-aware attention over the interests and
-  RecBole's cross-entropy over all items; full-sort prediction scores each
-  item by its best interest (max over the K).
+  self-attentive, optionally over ``encoder_layers`` Transformer layers);
+  trained with target-aware attention over the interests and RecBole's
+  cross-entropy over all items.  ``interest_scoring``: ``target`` (MIND,
+  ComiRec) scores every item against the target-attended user vector and
+  serves each item's best interest (max over the K); ``candidate`` lets every
+  item attend over the interests with its own affinity, in training (the
+  target's logit is the same) and at serving alike.
 * ESIM (``esim.py``, training only; ``prepare_semantics``, which
   ``EIMFTrainer.fit`` calls before training): users' training histories as
   text, embedded by the text encoder, clustered by Affinity Propagation; the
@@ -50,7 +54,7 @@ ESIM_VERSION = 4
 # settings read only after ESIM (IBIM, the losses): not part of its cache key
 AFTER_ESIM = ("hidden_size", "num_interests", "interest_extractor", "routing_iterations",
               "interest_positions", "attention_hidden", "dropout_prob", "encoder_layers",
-              "encoder_heads", "encoder_dropout", "align_weight",
+              "encoder_heads", "encoder_dropout", "interest_scoring", "align_weight",
               "align_temperature", "semantic_weight")
 
 
@@ -75,6 +79,9 @@ class EIMF(LLMRecommender, SequentialRecommender):
 
     input_type = InputType.POINTWISE
     settings_class = EIMFSettings
+    # IBIM was ComiRec-SA's until these defaults changed: a checkpoint that lacks one of
+    # them was trained with this value (``recbole_llm.load`` fills it in)
+    DEFAULTS_BEFORE = {"interest_positions": "first", "interest_scoring": "target"}
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -191,8 +198,7 @@ class EIMF(LLMRecommender, SequentialRecommender):
         s = self.settings
         interests = self.ibim.interests(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         targets = interaction[self.POS_ITEM_ID]
-        user = IBIM.target_attention(interests, self.ibim.item_embedding(targets))
-        loss = F.cross_entropy(user @ self.ibim.item_embedding.weight.T, targets)
+        loss = F.cross_entropy(self.train_scores(interests, targets), targets)
         if not (s.align_weight or s.semantic_weight):
             return loss
         if self.semantic is None:
@@ -210,6 +216,14 @@ class EIMF(LLMRecommender, SequentialRecommender):
         if s.semantic_weight:
             loss = loss + s.semantic_weight * self.semantic_prediction_loss(interests, semantic, mask)
         return loss
+
+    def train_scores(self, interests, targets):
+        """Every item's logit for the cross-entropy: against the target-attended user
+        vector (``target``), or through each item's own attention (``candidate``)."""
+        table = self.ibim.item_embedding.weight
+        if self.settings.interest_scoring == "candidate":
+            return IBIM.candidate_scores(interests, table)
+        return IBIM.target_attention(interests, self.ibim.item_embedding(targets)) @ table.T
 
     def alignment_loss(self, interests, semantic, mask, clusters):
         """InfoNCE between users' interest sets and semantic interest sets: a pair
@@ -241,9 +255,12 @@ class EIMF(LLMRecommender, SequentialRecommender):
     # ---------------------------------------------------------------- serving
     def full_sort_predict(self, interaction):
         interests = self.ibim.interests(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        return self.ibim.full_scores(interests)
+        return self.ibim.full_scores(interests, self.settings.interest_scoring)
 
     def predict(self, interaction):
         interests = self.ibim.interests(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         items = self.ibim.item_embedding(interaction[self.ITEM_ID])
-        return (interests @ items[..., None]).squeeze(-1).max(dim=1).values
+        s = (interests @ items[..., None]).squeeze(-1)                # [B, K]
+        if self.settings.interest_scoring == "candidate":
+            return (s.softmax(dim=-1) * s).sum(-1)
+        return s.max(dim=-1).values

@@ -18,6 +18,7 @@ class EIMFSettings(LLMSettings):
     encoder_layers: int
     encoder_heads: int
     encoder_dropout: float
+    interest_scoring: str
     # ESIM
     prompt_item_field: Optional[str]
     esim_source: str
