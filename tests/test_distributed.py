@@ -151,8 +151,6 @@ def test_bad_launch_settings_exit_2(cli, model, launch, words):
 def test_a_model_that_trains_in_one_process_only_is_refused():
     """A model class (a user's) may declare ``supports_multi_process = False``:
     ``--nproc`` > 1 is refused before any process starts."""
-    import torch
-
     from recbole_llm.distributed import check_launch
     from recbole_llm.errors import InputError
 
