@@ -51,7 +51,9 @@ ROWS = {
     "ml_ibim_latest": dict(ML, **IBIM, interest_positions="latest"),
     "ml_eimf_latest": dict(ML, **EIMF, esim_source="history", align_weight=0.01,
                            semantic_weight=0.01, interest_positions="latest"),
-    # two Transformer layers (SASRec's blocks) under the interest extractor
+    # two Transformer layers (SASRec's blocks) under the interest extractor; ml_ibim_tf,
+    # ml_eimf_tf, ml_ibim_k1 and ibim_k1 ran before those layers took SASRec's
+    # initialisation (PyTorch's defaults then: N(0, 1) positions)
     "ml_ibim_tf": dict(ML, **IBIM, interest_positions="latest", encoder_layers=2),
     "ml_eimf_tf": dict(ML, **EIMF, esim_source="history", align_weight=0.01,
                        semantic_weight=0.01, interest_positions="latest", encoder_layers=2),
@@ -147,10 +149,15 @@ HEADER = ("{data}, leave-one-out by time, full ranking over all items, history 2
 COMMANDS = {"eimf_beauty.md": "python bench/bench_eimf.py --rows sasrec ibim eimf_text_w001 --seeds "
                               "2020 2021 2022; python bench/bench_eimf.py --rows eimf_text ibim_latest; "
                               "python bench/bench_eimf.py --rows ibim_latest --seeds 2021 2022; "
-                              "python bench/bench_eimf.py --rows eimf_latest --seeds 2020 2021 2022",
+                              "python bench/bench_eimf.py --rows eimf_latest --seeds 2020 2021 2022; "
+                              "python bench/bench_eimf.py --rows ibim_k1; "
+                              "python bench/bench_eimf.py --rows ibim_cand_sa eimf_cand_sa --seeds "
+                              "2020 2021 2022",
             "eimf_ml100k.md": "python bench/bench_eimf.py --rows ml_sasrec ml_ibim "
                               "ml_eimf_text_w001 ml_ibim_latest ml_eimf_latest --seeds 2020 2021 "
-                              "2022; python bench/bench_eimf.py --rows ml_eimf_text"}
+                              "2022; python bench/bench_eimf.py --rows ml_eimf_text ml_ibim_tf "
+                              "ml_eimf_tf ml_ibim_k1 ml_eimf_cand; python bench/bench_eimf.py --rows "
+                              "ml_ibim_cand ml_ibim_cand_sa ml_eimf_cand_sa --seeds 2020 2021 2022"}
 
 
 def main():
