@@ -61,7 +61,7 @@ def load_model_and_data(checkpoint: str, **overrides):
     """``(config, dataset, (train, valid, test), model)``: see :func:`load_model`."""
     from recbole_llm.config import Config
     from recbole_llm.quick_start import build
-    from recbole_llm.trainer import load_checkpoint
+    from recbole_llm.trainer import load_checkpoint, saved_settings
 
     saved = load_checkpoint(checkpoint)
     meta = saved.get("config") or {}
@@ -75,9 +75,7 @@ def load_model_and_data(checkpoint: str, **overrides):
     if isinstance(sampling, dict) and sampling.get("distribution") == "none":
         settings["train_neg_sample_args"] = None  # RecBole's spelling of "no sampling"
     # settings whose default changed: a checkpoint without one was trained with the old value
-    from recbole_llm.registry import get_model_class
-    for key, value in getattr(get_model_class(meta["model"]), "DEFAULTS_BEFORE", {}).items():
-        settings.setdefault(key, value)
+    settings = saved_settings(meta["model"], settings)
     settings.update(overrides)
     config = Config(model=meta["model"], dataset=meta["dataset"], config_dict=settings, argv=[])
     dataset, splits, model, _ = build(config)

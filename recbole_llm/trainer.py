@@ -54,6 +54,23 @@ def _file_state(path):
     return os.path.abspath(path), stat.st_size, stat.st_mtime_ns
 
 
+def changed_defaults(model_name: str) -> dict:
+    """The model class's ``DEFAULTS_BEFORE``: settings whose default has changed, at
+    the value a checkpoint that does not name them was trained with."""
+    from recbole_llm.registry import get_model_class
+
+    try:
+        return dict(getattr(get_model_class(model_name), "DEFAULTS_BEFORE", {}))
+    except ValueError as err:  # a checkpoint of a model this install does not have
+        raise InputError(str(err)) from None
+
+
+def saved_settings(model_name: str, final_config: dict) -> dict:
+    """A checkpoint's settings, a changed default at its old value where the
+    checkpoint, written before the change, does not name it."""
+    return {**changed_defaults(model_name), **final_config}
+
+
 def check_resume_checkpoint(path, config) -> dict:
     """A checkpoint to resume from: readable weights-only and written by the same
     model on the same dataset; checked before any data loads."""
@@ -75,6 +92,13 @@ def check_resume_checkpoint(path, config) -> dict:
         if str(meta.get(key, "")).lower() != str(config[key]).lower():
             raise InputError(f"resume_checkpoint '{path}' was written for {key} "
                              f"'{meta.get(key)}', this run has '{config[key]}'")
+    # a setting whose default changed reads the same weights differently: the run must
+    # name the checkpoint's value, not inherit today's default
+    saved = saved_settings(config["model"], meta.get("final_config_dict") or {})
+    for key in changed_defaults(config["model"]):
+        if saved[key] != config[key]:
+            raise InputError(f"resume_checkpoint '{path}' was trained with {key}={saved[key]!r}, "
+                             f"this run has {config[key]!r}: pass --{key}={saved[key]}")
     _CHECKED.clear()
     _CHECKED[state] = checkpoint
     return checkpoint

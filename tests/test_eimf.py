@@ -46,9 +46,17 @@ def test_k_distinct_interests_that_ignore_padding(extractor, positions, layers):
     other = seq.clone()
     other[1, 4:] = 7  # items past the history's length change nothing
     assert torch.allclose(ibim.interests(other, lens)[1], v[1], atol=1e-6)
-    scores = ibim.full_scores(v)
+    table = ibim.item_embedding.weight
+    scores = ibim.full_scores(v, "target")
     assert scores.shape == (5, 50)
-    assert torch.allclose(scores, (v @ ibim.item_embedding.weight.T).max(1).values)
+    assert torch.allclose(scores, (v @ table.T).max(1).values)
+    # candidate: item by item, its own attention over these users' interests; in blocks
+    # of 7 items as in 50
+    by_item = torch.stack([((v @ e).softmax(dim=1) * (v @ e)).sum(1) for e in table], dim=1)
+    assert torch.allclose(ibim.full_scores(v, "candidate"), by_item, atol=1e-6)
+    ibim.SERVING_BLOCK = 7 * 5 * 4
+    assert torch.allclose(ibim.full_scores(v, "candidate"), by_item, atol=1e-6)
+    assert torch.allclose(ibim.full_scores(v, "target"), scores, atol=1e-6)
 
 
 @pytest.mark.parametrize("positions", ["first", "latest"])
@@ -399,6 +407,17 @@ def test_end_to_end_on_ml_tiny(cli, tmp_path):
     torch.save(saved, tmp_path / "old.pth")
     _, _, old = load_model(str(tmp_path / "old.pth"), llm_cache_dir=str(tmp_path / "cache"))
     assert {k: getattr(old.settings, k) for k in EIMF.DEFAULTS_BEFORE} == EIMF.DEFAULTS_BEFORE
+    # resuming it under today's defaults would read its weights by other rules: refused
+    # (exit 2, before any data loads), unless the run names the old values
+    from recbole_llm.errors import InputError
+    from recbole_llm.trainer import check_resume_checkpoint
+
+    today = {"model": "EIMF", "dataset": "ml-tiny", "interest_positions": "latest",
+             "interest_scoring": "candidate"}
+    with pytest.raises(InputError, match="interest_positions='first'.*--interest_positions=first"):
+        check_resume_checkpoint(str(tmp_path / "old.pth"), today)
+    check_resume_checkpoint(str(tmp_path / "old.pth"), dict(today, **EIMF.DEFAULTS_BEFORE))
+    check_resume_checkpoint(str(checkpoint), today)  # today's checkpoint, today's defaults
 
 
 def test_exemplar_interests_from_a_pretrained_llm_path(tiny_llm_path, tmp_path):

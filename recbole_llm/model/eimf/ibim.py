@@ -110,7 +110,7 @@ class DynamicRouting(nn.Module):
 
 class SelfAttentive(nn.Module):
     def __init__(self, hidden: int, k: int, attention_hidden: int, max_len: int,
-                 positions: str = "first"):
+                 positions: str = "latest"):
         super().__init__()
         if positions not in POSITIONS:
             raise ValueError(f"interest_positions must be one of {POSITIONS}, not {positions!r}")
@@ -130,7 +130,7 @@ class IBIM(nn.Module):
     """Item table + interest extractor; ``interests(seq, len)`` -> ``[B, K, H]``."""
 
     def __init__(self, n_items: int, hidden: int, k: int, extractor: str, iterations: int,
-                 attention_hidden: int, max_len: int, dropout: float, positions: str = "first",
+                 attention_hidden: int, max_len: int, dropout: float, positions: str = "latest",
                  encoder_layers: int = 0, encoder_heads: int = 2, encoder_dropout: float = 0.5):
         super().__init__()
         if extractor not in EXTRACTORS:
@@ -168,11 +168,20 @@ class IBIM(nn.Module):
         s = interests @ items.T                                   # [B, K, N]
         return (s.softmax(dim=1) * s).sum(1)
 
-    def full_scores(self, interests: torch.Tensor, scoring: str = "target") -> torch.Tensor:
+    # serving's [B, K, items] blocks: about 256 MiB of float32 each
+    SERVING_BLOCK = 2 ** 26
+
+    def full_scores(self, interests: torch.Tensor, scoring: str) -> torch.Tensor:
         """Serving: ``target`` scores each item by its best interest (max over the K,
-        ComiRec); ``candidate`` by the attended mixture it was trained with."""
+        ComiRec); ``candidate`` by the attended mixture it was trained with.  Items
+        are scored in blocks, so memory stays bounded for a large catalogue."""
         if scoring not in SCORINGS:
             raise ValueError(f"interest_scoring must be one of {SCORINGS}, not {scoring!r}")
-        if scoring == "candidate":
-            return self.candidate_scores(interests, self.item_embedding.weight)
-        return (interests @ self.item_embedding.weight.T).max(dim=1).values
+        table = self.item_embedding.weight
+        step = max(1, self.SERVING_BLOCK // max(1, interests.shape[0] * interests.shape[1]))
+        blocks = []
+        for start in range(0, len(table), step):
+            items = table[start:start + step]
+            blocks.append(self.candidate_scores(interests, items) if scoring == "candidate"
+                          else (interests @ items.T).max(dim=1).values)
+        return torch.cat(blocks, dim=1)
