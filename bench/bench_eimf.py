@@ -151,8 +151,8 @@ COMMANDS = {"eimf_beauty.md": "python bench/bench_eimf.py --rows sasrec ibim eim
                               "python bench/bench_eimf.py --rows ibim_latest --seeds 2021 2022; "
                               "python bench/bench_eimf.py --rows eimf_latest --seeds 2020 2021 2022; "
                               "python bench/bench_eimf.py --rows ibim_k1; "
-                              "python bench/bench_eimf.py --rows ibim_cand_sa eimf_cand_sa --seeds "
-                              "2020 2021 2022",
+                              "python bench/bench_eimf.py --rows ibim_cand_sa --seeds 2020 2021; "
+                              "python bench/bench_eimf.py --rows eimf_cand_sa",
             "eimf_ml100k.md": "python bench/bench_eimf.py --rows ml_sasrec ml_ibim "
                               "ml_eimf_text_w001 ml_ibim_latest ml_eimf_latest --seeds 2020 2021 "
                               "2022; python bench/bench_eimf.py --rows ml_eimf_text ml_ibim_tf "
