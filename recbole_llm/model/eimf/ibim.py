@@ -160,28 +160,31 @@ class IBIM(nn.Module):
         return (weights[..., None] * interests).sum(1)
 
     @staticmethod
+    def over_interests(s: torch.Tensor, scoring: str) -> torch.Tensor:
+        """Items' affinities to the K interests (``[B, K, ...]``) to one score each:
+        ``target``, the best interest (max over K, ComiRec); ``candidate``, the
+        item's own attention over the interests (softmax of its affinities)."""
+        if scoring == "candidate":
+            return (s.softmax(dim=1) * s).sum(1)
+        if scoring == "target":
+            return s.max(dim=1).values
+        raise ValueError(f"interest_scoring must be one of {SCORINGS}, not {scoring!r}")
+
+    @staticmethod
     def candidate_scores(interests: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Every candidate attends over the interests with its own affinity, the
         target-aware attention with the candidate as the target: ``[B, K, H]`` x
         ``[N, H]`` -> ``[B, N]``.  The target's score is ``target_attention``'s; a
         negative is scored through the interests that favour it, as at serving."""
-        s = interests @ items.T                                   # [B, K, N]
-        return (s.softmax(dim=1) * s).sum(1)
+        return IBIM.over_interests(interests @ items.T, "candidate")
 
     # serving's [B, K, items] blocks: about 256 MiB of float32 each
     SERVING_BLOCK = 2 ** 26
 
     def full_scores(self, interests: torch.Tensor, scoring: str) -> torch.Tensor:
-        """Serving: ``target`` scores each item by its best interest (max over the K,
-        ComiRec); ``candidate`` by the attended mixture it was trained with.  Items
-        are scored in blocks, so memory stays bounded for a large catalogue."""
-        if scoring not in SCORINGS:
-            raise ValueError(f"interest_scoring must be one of {SCORINGS}, not {scoring!r}")
+        """Serving: every item's score by ``over_interests``, the items in blocks, so
+        memory stays bounded for a large catalogue."""
         table = self.item_embedding.weight
         step = max(1, self.SERVING_BLOCK // max(1, interests.shape[0] * interests.shape[1]))
-        blocks = []
-        for start in range(0, len(table), step):
-            items = table[start:start + step]
-            blocks.append(self.candidate_scores(interests, items) if scoring == "candidate"
-                          else (interests @ items.T).max(dim=1).values)
-        return torch.cat(blocks, dim=1)
+        return torch.cat([self.over_interests(interests @ table[i:i + step].T, scoring)
+                          for i in range(0, len(table), step)], dim=1)

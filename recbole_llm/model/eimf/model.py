@@ -260,7 +260,4 @@ class EIMF(LLMRecommender, SequentialRecommender):
     def predict(self, interaction):
         interests = self.ibim.interests(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         items = self.ibim.item_embedding(interaction[self.ITEM_ID])
-        s = (interests @ items[..., None]).squeeze(-1)                # [B, K]
-        if self.settings.interest_scoring == "candidate":
-            return (s.softmax(dim=-1) * s).sum(-1)
-        return s.max(dim=-1).values
+        return IBIM.over_interests(interests @ items[..., None], self.settings.interest_scoring)[:, 0]
