@@ -57,6 +57,8 @@ def test_k_distinct_interests_that_ignore_padding(extractor, positions, layers):
     ibim.SERVING_BLOCK = 7 * 5 * 4
     assert torch.allclose(ibim.full_scores(v, "candidate"), by_item, atol=1e-6)
     assert torch.allclose(ibim.full_scores(v, "target"), scores, atol=1e-6)
+    with pytest.raises(ValueError, match="interest_scoring"):
+        ibim.full_scores(v, "best")
 
 
 @pytest.mark.parametrize("positions", ["first", "latest"])
