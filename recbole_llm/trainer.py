@@ -94,11 +94,12 @@ def check_resume_checkpoint(path, config) -> dict:
                              f"'{meta.get(key)}', this run has '{config[key]}'")
     # a setting whose default changed reads the same weights differently: the run must
     # name the checkpoint's value, not inherit today's default
-    saved = saved_settings(config["model"], meta.get("final_config_dict") or {})
-    for key in changed_defaults(config["model"]):
-        if saved[key] != config[key]:
-            raise InputError(f"resume_checkpoint '{path}' was trained with {key}={saved[key]!r}, "
-                             f"this run has {config[key]!r}: pass --{key}={saved[key]}")
+    written = meta.get("final_config_dict") or {}
+    for key, old in changed_defaults(config["model"]).items():
+        value = written.get(key, old)
+        if value != config[key]:
+            raise InputError(f"resume_checkpoint '{path}' was trained with {key}={value!r}, "
+                             f"this run has {config[key]!r}: pass --{key}={value}")
     _CHECKED.clear()
     _CHECKED[state] = checkpoint
     return checkpoint
