@@ -11,7 +11,7 @@ What makes it EIMF, and where it lives here:
   trained with target-aware attention over the interests and RecBole's
   cross-entropy over all items.  ``interest_scoring``: ``target`` (MIND,
   ComiRec) scores every item against the target-attended user vector and
-  serves each item's best interest (max over the K); ``candidate`` lets every
+  serves each item's best interest (max over the K); ``candidate`` (default) lets every
   item attend over the interests with its own affinity, in training (the
   target's logit is the same) and at serving alike.
 * ESIM (``esim.py``, training only; ``prepare_semantics``, which
