@@ -2,6 +2,7 @@
 
     python bench/bench_speed.py [--datasets ml-100k amazon_beauty_5core] [--models EIMF SASRec ...]
                                 [--batches 20] [--eval_users 2000] [--threads 1] [--full_prepare]
+                                [--out speed]
 
 Each (dataset, model) runs in its own process with the model's default
 settings and its paper's protocol: it builds the model (``prepare``: data,
@@ -18,13 +19,15 @@ clock is read after ``torch.cuda.synchronize()``.  Ratios compare a
 plugin model with its baseline in the same run; the estimated epoch is the
 training split's rows at the measured rate (stages outside the main loop,
 such as EAGER's annealing or Llama4Rec's instruction tuning, are not in
-it).  Prints a table and writes it to bench/results/speed.md; rows a killed run finished
-(same arguments) are read back from speed.progress.json, not re-measured; the file is
-removed once the table is written.
+it).  Prints a table and writes it to bench/results/<out>.md (JSON beside it;
+``--out`` lets a run of some models leave the full table alone); rows a killed run
+finished (same arguments) are read back from <out>.progress.json, not re-measured; the
+file is removed once the table is written.
 """
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -171,9 +174,13 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--full_prepare", action="store_true",
                         help="default pre-training stages (else shortened: SHORT_PREPARE)")
+    parser.add_argument("--out", default="speed",
+                        help="table name: bench/results/<out>.md and <out>.json")
     args = parser.parse_args()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.out) or args.out.startswith("."):
+        parser.error(f"--out={args.out!r}: a file name under bench/results, no folders")
     # rows finished by a killed run with the same arguments are kept (resume)
-    progress = Progress(os.path.join(HERE, "results", "speed.progress.json"), vars(args))
+    progress = Progress(os.path.join(HERE, "results", f"{args.out}.progress.json"), vars(args))
     results = {}
     for dataset in args.datasets:
         for model in args.models:
@@ -198,9 +205,9 @@ def main():
             f"    {command}\n\n"
             f"{table(results)}\n")
     print(text)
-    with open(os.path.join(HERE, "results", "speed.md"), "w") as f:
+    with open(os.path.join(HERE, "results", f"{args.out}.md"), "w") as f:
         f.write(text)
-    with open(os.path.join(HERE, "results", "speed.json"), "w") as f:
+    with open(os.path.join(HERE, "results", f"{args.out}.json"), "w") as f:
         json.dump({f"{d}/{m}": r for (d, m), r in results.items()}, f, indent=1)
     progress.finish()  # the table is written: a new run measures again
 
