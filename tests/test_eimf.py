@@ -185,11 +185,12 @@ def test_interest_answers_are_parsed_and_user_texts_keep_the_latest_items():
         ["skin care", "hair styling", "nail art"]
     assert parse_interests("skin care; lipstick, perfume", 2) == ["skin care", "lipstick"]
     assert parse_interests("   \n", 3) == []
-    text, kept = recent_text(["old one", "middle", "newest"], lambda t: len(t) <= 14)
+    text, kept = recent_text(["old one", "middle", "newest"], lambda t: len(t) <= 14, "14")
     assert (text, kept) == ("middle; newest", 2)
     from recbole_llm.errors import InputError
-    with pytest.raises(InputError, match="does not fit"):
-        recent_text(["a very long item name"], lambda t: len(t) < 5)
+    with pytest.raises(InputError, match="does not fit the limit that names its settings"):
+        recent_text(["a very long item name"], lambda t: len(t) < 5,
+                    "the limit that names its settings")
 
 
 class _Encoder:
@@ -226,6 +227,7 @@ class _ESIM:
     esim_history_items: int = 5
     esim_prompt: str = "History: {history}. Interests:"
     esim_max_new_tokens: int = 8
+    llm_max_prompt_tokens: int = 64
     esim_max_interests: int = 3
     ap_preference: float = None
     ap_damping: float = 0.9
@@ -251,6 +253,26 @@ def test_the_llm_is_asked_once_per_cluster_and_every_user_gets_its_clusters_inte
     for c, exemplar in enumerate(out["exemplars"]):  # an exemplar's prompt holds its own items
         assert out["user_cluster"][exemplar] == c
         assert all(names[i] in client.prompts[c] for i in histories[exemplar])
+
+
+def test_a_prompt_that_cannot_fit_is_refused_before_the_users_are_encoded():
+    """Any user may become an exemplar: if one's latest item alone overflows the
+    prompt, the error names the settings before any text is encoded or clustered."""
+    from recbole_llm.errors import InputError
+
+    names = ["pad", "short", "a very long name " * 10]
+    histories = [np.zeros(0, dtype=np.int64), np.array([1, 1]), np.array([1, 2]), np.array([2, 1])]
+
+    def encode(texts):
+        raise AssertionError("encoded before the prompt check")
+
+    with pytest.raises(InputError, match=r"does not fit llm_max_prompt_tokens \(64\).*esim_max_new_tokens"):
+        semantic_interests(histories, names, _ESIM(), encode, _CountingClient(),
+                           lambda p: len(p.split()) <= 20, lambda t: True)
+    # without the LLM (esim_source: history) there is no prompt to fit
+    out = semantic_interests(histories, names, _ESIM(esim_source="history"), _Encoder().encode,
+                             _CountingClient(), lambda p: False, lambda t: True)
+    assert out["report"]["users"] == 3
 
 
 def test_history_source_asks_no_llm_and_uses_the_exemplars_items():

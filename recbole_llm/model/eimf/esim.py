@@ -23,9 +23,10 @@ from recbole_llm.errors import InputError
 _NUMBERING = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s*")
 
 
-def recent_text(names: list, fits, separator: str = "; ") -> tuple:
+def recent_text(names: list, fits, limit: str, separator: str = "; ") -> tuple:
     """``(text, items kept)``: the most recent names (list order: oldest first)
-    joined, as many as ``fits(text)`` allows; at least the last, or an error."""
+    joined, as many as ``fits(text)`` allows; at least the last, or an error that
+    names ``limit`` (what bounds the text, and the settings that move it)."""
     kept = []
     for name in reversed(names):
         trial = separator.join([name] + kept)
@@ -33,8 +34,7 @@ def recent_text(names: list, fits, separator: str = "; ") -> tuple:
             break
         kept.insert(0, name)
     if names and not kept:
-        raise InputError(f"one item name alone does not fit: {names[-1][:80]!r}... (shorten "
-                         "prompt_item_field or raise the limit)")
+        raise InputError(f"one item name alone does not fit {limit}: {names[-1][:80]!r}...")
     return separator.join(kept), len(kept)
 
 
@@ -87,13 +87,13 @@ def affinity_clusters(x: np.ndarray, preference, damping: float, max_users: int,
 
 
 def semantic_interests(histories: list, names: list, s, encode_texts, client, prompt_fits,
-                       encoder_limit: int) -> dict:
+                       encoder_fits) -> dict:
     """ESIM over ``histories`` (internal item ids per user, time order; users
     without a history take no part).  Returns ``user_cluster`` [n_users] (-1:
     no history), ``semantic`` [clusters, esim_max_interests, dim] (each
     cluster's encoded interests) with ``semantic_mask`` (which are real),
     ``exemplars`` (user ids), ``answers`` and ``report``.  ``encode_texts``:
-    texts -> unit vectors; ``encoder_limit(text)``: whether the encoder takes
+    texts -> unit vectors; ``encoder_fits(text)``: whether the encoder takes
     the text whole; ``esim_source: history`` puts the exemplar's latest item
     names where the LLM's interests would be (the module without an LLM)."""
     times = {}
@@ -101,13 +101,27 @@ def semantic_interests(histories: list, names: list, s, encode_texts, client, pr
     users = [u for u, h in enumerate(histories) if u and len(h)]
     if len(users) < 2:
         raise InputError("EIMF's semantic interests need at least two users with a training history")
-    def encoder_fits(text):
-        return encoder_limit(text)
+    if s.esim_source == "llm":
+        # before the long stages: any user may become an exemplar, and its prompt
+        # holds at least its latest item
+        for item in sorted({histories[u][-1] for u in users}):
+            if not prompt_fits(s.esim_prompt.replace("{history}", names[item])):
+                raise InputError(
+                    f"esim_prompt with one item name ({names[item][:80]!r}) and an answer of "
+                    f"esim_max_new_tokens ({s.esim_max_new_tokens}) does not fit "
+                    f"llm_max_prompt_tokens ({s.llm_max_prompt_tokens}): raise "
+                    "llm_max_prompt_tokens, lower esim_max_new_tokens, shorten esim_prompt or "
+                    "name items by a shorter prompt_item_field")
+    encoder_limit = ("the text encoder's token limit (fixed by the encoder): name items by "
+                     "a shorter prompt_item_field, or set text_encoder_path to an encoder that "
+                     "takes longer texts")
+    prompt_limit = (f"llm_max_prompt_tokens ({s.llm_max_prompt_tokens}) with esim_prompt and "
+                    f"esim_max_new_tokens ({s.esim_max_new_tokens})")
 
     texts, shortened = [], 0
     for u in users:
         item_names = [names[i] for i in histories[u][-s.esim_history_items:]]
-        text, kept = recent_text(item_names, encoder_fits)
+        text, kept = recent_text(item_names, encoder_fits, encoder_limit)
         texts.append(text)
         shortened += kept < len(item_names)
     user_emb = encode_texts(texts)
@@ -126,7 +140,8 @@ def semantic_interests(histories: list, names: list, s, encode_texts, client, pr
         for row in exemplar_rows:
             item_names = [names[i] for i in histories[users[row]][-s.esim_history_items:]]
             text, _ = recent_text(item_names,
-                                  lambda t: prompt_fits(s.esim_prompt.replace("{history}", t)))
+                                  lambda t: prompt_fits(s.esim_prompt.replace("{history}", t)),
+                                  prompt_limit)
             prompts.append(s.esim_prompt.replace("{history}", text))
         answers = client.complete(prompts, max_new_tokens=s.esim_max_new_tokens)
     else:  # "history": the exemplar's latest item names stand for its interests (no LLM)

@@ -109,6 +109,19 @@ class EIMF(LLMRecommender, SequentialRecommender):
         if final["encoder_layers"] and final["hidden_size"] % final["encoder_heads"]:
             raise InputError(f"encoder_heads ({final['encoder_heads']}) must divide hidden_size "
                              f"({final['hidden_size']}) when encoder_layers > 0")
+        sampling = final.get("train_neg_sample_args")
+        if isinstance(sampling, dict) and sampling.get("distribution", "none") != "none":
+            # RecBole would add the negatives as rows labelled 0, which the cross-entropy
+            # over all items would take for targets
+            raise InputError("EIMF trains with the cross-entropy over all items and takes no "
+                             "sampled negatives: set train_neg_sample_args: ~")
+        esim_runs = final["align_weight"] or final["semantic_weight"]
+        if esim_runs and final["esim_source"] == "llm" and not final.get("llm_api_base") \
+                and final["esim_max_new_tokens"] >= final["llm_max_prompt_tokens"]:
+            raise InputError(f"esim_max_new_tokens ({final['esim_max_new_tokens']}) leaves no "
+                             f"room for the prompt in llm_max_prompt_tokens "
+                             f"({final['llm_max_prompt_tokens']}): raise llm_max_prompt_tokens "
+                             "or lower esim_max_new_tokens")
 
     # ------------------------------------------------------------------ ESIM
     def _llm_identity(self, config) -> str:
