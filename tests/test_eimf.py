@@ -338,6 +338,24 @@ def test_alignment_and_semantic_losses_reach_ibim(eimf):
     assert model.ibim.extractor.w1.weight.grad.abs().sum() > 0
 
 
+def test_esim_cache_key_follows_what_shapes_it(eimf, monkeypatch):
+    """Read back for a setting ESIM does not read (IBIM's), recomputed for one it
+    does and for another scikit-learn (Affinity Propagation's results)."""
+    import sklearn
+
+    config, (train, _, _), model, _ = eimf
+    model = copy.deepcopy(model)
+    base = model.settings
+    assert model.prepare_semantics(config, train.dataset)["report"]["cached"]
+    model.settings = dataclasses.replace(base, num_interests=base.num_interests + 1)
+    assert model.prepare_semantics(config, train.dataset)["report"]["cached"]
+    model.settings = dataclasses.replace(base, esim_max_interests=base.esim_max_interests + 1)
+    assert not model.prepare_semantics(config, train.dataset)["report"].get("cached")
+    model.settings = base
+    monkeypatch.setattr(sklearn, "__version__", sklearn.__version__ + "-other")
+    assert not model.prepare_semantics(config, train.dataset)["report"].get("cached")
+
+
 def test_loss_falls(eimf):
     _, (train, _, _), model, _ = eimf
     model = copy.deepcopy(model)

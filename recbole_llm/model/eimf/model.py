@@ -152,7 +152,9 @@ class EIMF(LLMRecommender, SequentialRecommender):
         s, cache = self.settings, self.cache
         encoder_path = s.text_encoder_path or default_encoder_path()
         # IBIM's and the losses' settings act after ESIM: left out of its key
-        key = cache.key("eimf-esim", version=ESIM_VERSION,
+        import sklearn  # Affinity Propagation's results are its version's
+
+        key = cache.key("eimf-esim", version=ESIM_VERSION, sklearn=sklearn.__version__,
                         settings=s.key_parts(exclude=AFTER_ESIM, memo_dir=cache.root),
                         encoder=path_fingerprint(encoder_path, cache.root), max_length=MAX_LENGTH,
                         data=dataset_fingerprint(dataset), llm=self._llm_identity(config))
