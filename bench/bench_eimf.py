@@ -87,6 +87,13 @@ ROWS = {
                        num_interests=1),
     "ibim_k1": dict(BEAUTY, **IBIM, interest_positions="latest", encoder_layers=2,
                     num_interests=1),
+    # the defaults with early stopping after 10 validations without gain, not 5: on
+    # ml-100k's 943 validation users the curve dips for several epochs and rises again
+    "ml_ibim_cand_sa_p10": dict(ML, **IBIM, interest_positions="latest",
+                                interest_scoring="candidate", stopping_step=10),
+    "ml_eimf_cand_sa_p10": dict(ML, **EIMF, esim_source="history", align_weight=0.01,
+                                semantic_weight=0.01, interest_positions="latest",
+                                interest_scoring="candidate", stopping_step=10),
     "ibim_latest": dict(BEAUTY, **IBIM, interest_positions="latest"),
     "eimf_latest": dict(BEAUTY, **EIMF, esim_source="history", align_weight=0.01,
                         semantic_weight=0.01, interest_positions="latest"),
@@ -104,7 +111,7 @@ TABLES = {"eimf_beauty.md": ("sasrec", "eimf", "ibim", "eimf_text", "eimf_text_w
           "eimf_ml100k.md": ("ml_sasrec", "ml_eimf", "ml_ibim", "ml_eimf_text",
                              "ml_eimf_text_w001", "ml_ibim_latest", "ml_eimf_latest", "ml_ibim_tf",
                              "ml_eimf_tf", "ml_ibim_cand", "ml_eimf_cand", "ml_ibim_k1", "ml_ibim_cand_sa",
-                             "ml_eimf_cand_sa")}
+                             "ml_eimf_cand_sa", "ml_ibim_cand_sa_p10", "ml_eimf_cand_sa_p10")}
 
 
 def row(name, force=False, seed=FIRST_SEED):
