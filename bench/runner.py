@@ -11,6 +11,7 @@ stored with the row as ``expert`` / ``tokenizer``.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -85,7 +86,10 @@ def finished_rows(names, out_dir) -> dict:
     for name in names:
         runs = []
         plain = os.path.join(out_dir, f"{name}.json")
-        for path in ([plain] if os.path.isfile(plain) else []) + sorted(glob.glob(os.path.join(out_dir, f"{name}.seed*.json"))):
+        # <name>.seed<N>.json only: not the .progress.json of a seed still running
+        seeded_runs = [p for p in sorted(glob.glob(os.path.join(out_dir, f"{name}.seed*.json")))
+                       if re.fullmatch(rf"{re.escape(name)}\.seed\d+\.json", os.path.basename(p))]
+        for path in ([plain] if os.path.isfile(plain) else []) + seeded_runs:
             with open(path) as f:
                 runs.append(json.load(f))
         if not runs:
