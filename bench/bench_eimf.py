@@ -158,13 +158,14 @@ COMMANDS = {"eimf_beauty.md": "python bench/bench_eimf.py --rows sasrec ibim eim
                               "python bench/bench_eimf.py --rows ibim_latest --seeds 2021 2022; "
                               "python bench/bench_eimf.py --rows eimf_latest --seeds 2020 2021 2022; "
                               "python bench/bench_eimf.py --rows ibim_k1; "
-                              "python bench/bench_eimf.py --rows ibim_cand_sa --seeds 2020 2021; "
-                              "python bench/bench_eimf.py --rows eimf_cand_sa",
+                              "python bench/bench_eimf.py --rows ibim_cand_sa eimf_cand_sa --seeds "
+                              "2020 2021 2022",
             "eimf_ml100k.md": "python bench/bench_eimf.py --rows ml_sasrec ml_ibim "
                               "ml_eimf_text_w001 ml_ibim_latest ml_eimf_latest --seeds 2020 2021 "
                               "2022; python bench/bench_eimf.py --rows ml_eimf_text ml_ibim_tf "
                               "ml_eimf_tf ml_ibim_k1 ml_eimf_cand; python bench/bench_eimf.py --rows "
-                              "ml_ibim_cand ml_ibim_cand_sa ml_eimf_cand_sa --seeds 2020 2021 2022"}
+                              "ml_ibim_cand ml_ibim_cand_sa ml_eimf_cand_sa ml_ibim_cand_sa_p10 "
+                              "ml_eimf_cand_sa_p10 --seeds 2020 2021 2022"}
 
 
 def main():
