@@ -255,19 +255,23 @@ def test_the_llm_is_asked_once_per_cluster_and_every_user_gets_its_clusters_inte
         assert all(names[i] in client.prompts[c] for i in histories[exemplar])
 
 
-def test_a_prompt_that_cannot_fit_is_refused_before_the_users_are_encoded():
-    """Any user may become an exemplar: if one's latest item alone overflows the
-    prompt, the error names the settings before any text is encoded or clustered."""
+def test_a_prompt_that_cannot_fit_is_refused_with_its_settings():
+    """A prompt and answer that cannot fit even without items are refused before
+    any text is encoded; an exemplar whose latest item alone overflows the prompt
+    is an error naming the settings to change, never a cut prompt."""
     from recbole_llm.errors import InputError
 
     names = ["pad", "short", "a very long name " * 10]
-    histories = [np.zeros(0, dtype=np.int64), np.array([1, 1]), np.array([1, 2]), np.array([2, 1])]
+    histories = [np.zeros(0, dtype=np.int64), np.array([1, 2]), np.array([1, 2]), np.array([1, 2])]
 
     def encode(texts):
         raise AssertionError("encoded before the prompt check")
 
-    with pytest.raises(InputError, match=r"does not fit llm_max_prompt_tokens \(64\).*esim_max_new_tokens"):
+    with pytest.raises(InputError, match=r"with no item .* does not fit llm_max_prompt_tokens \(64\)"):
         semantic_interests(histories, names, _ESIM(), encode, _CountingClient(),
+                           lambda p: False, lambda t: True)
+    with pytest.raises(InputError, match=r"does not fit llm_max_prompt_tokens \(64\).*esim_max_new_tokens"):
+        semantic_interests(histories, names, _ESIM(), _Encoder().encode, _CountingClient(),
                            lambda p: len(p.split()) <= 20, lambda t: True)
     # without the LLM (esim_source: history) there is no prompt to fit
     out = semantic_interests(histories, names, _ESIM(esim_source="history"), _Encoder().encode,

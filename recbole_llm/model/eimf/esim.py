@@ -101,22 +101,19 @@ def semantic_interests(histories: list, names: list, s, encode_texts, client, pr
     users = [u for u, h in enumerate(histories) if u and len(h)]
     if len(users) < 2:
         raise InputError("EIMF's semantic interests need at least two users with a training history")
-    if s.esim_source == "llm":
-        # before the long stages: any user may become an exemplar, and its prompt
-        # holds at least its latest item
-        for item in sorted({histories[u][-1] for u in users}):
-            if not prompt_fits(s.esim_prompt.replace("{history}", names[item])):
-                raise InputError(
-                    f"esim_prompt with one item name ({names[item][:80]!r}) and an answer of "
-                    f"esim_max_new_tokens ({s.esim_max_new_tokens}) does not fit "
-                    f"llm_max_prompt_tokens ({s.llm_max_prompt_tokens}): raise "
-                    "llm_max_prompt_tokens, lower esim_max_new_tokens, shorten esim_prompt or "
-                    "name items by a shorter prompt_item_field")
+    if s.esim_source == "llm" and not prompt_fits(s.esim_prompt.replace("{history}", "")):
+        # before the long stages: the prompt without items and the answer must fit
+        raise InputError(
+            f"esim_prompt with no item and an answer of esim_max_new_tokens "
+            f"({s.esim_max_new_tokens}) does not fit llm_max_prompt_tokens "
+            f"({s.llm_max_prompt_tokens}): raise llm_max_prompt_tokens, lower "
+            "esim_max_new_tokens or shorten esim_prompt")
     encoder_limit = ("the text encoder's token limit (fixed by the encoder): name items by "
                      "a shorter prompt_item_field, or set text_encoder_path to an encoder that "
                      "takes longer texts")
     prompt_limit = (f"llm_max_prompt_tokens ({s.llm_max_prompt_tokens}) with esim_prompt and "
-                    f"esim_max_new_tokens ({s.esim_max_new_tokens})")
+                    f"esim_max_new_tokens ({s.esim_max_new_tokens}) (raise the first, lower the "
+                    "second or name items by a shorter prompt_item_field)")
 
     texts, shortened = [], 0
     for u in users:
