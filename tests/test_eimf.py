@@ -262,7 +262,8 @@ def test_a_prompt_that_cannot_fit_is_refused_with_its_settings():
     from recbole_llm.errors import InputError
 
     names = ["pad", "short", "a very long name " * 10]
-    histories = [np.zeros(0, dtype=np.int64), np.array([1, 2]), np.array([1, 2]), np.array([1, 2])]
+    # three users whose latest item is the long one
+    histories = [np.zeros(0, dtype=np.int64), np.array([1, 2]), np.array([2]), np.array([1, 1, 2])]
 
     def encode(texts):
         raise AssertionError("encoded before the prompt check")
