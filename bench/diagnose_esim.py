@@ -33,7 +33,7 @@ sys.argv, path = sys.argv[:1], sys.argv[1]
 from recbole.utils import init_logger, init_seed  # noqa: E402
 
 from recbole_llm.config import Config  # noqa: E402
-from recbole_llm.llm.encoder import TextEncoder, default_encoder_path, text_embedding_key  # noqa: E402
+from recbole_llm.llm.encoder import default_encoder_path, encode_cached  # noqa: E402
 from recbole_llm.quick_start import build  # noqa: E402
 from recbole_llm.utils import set_cpu_threads  # noqa: E402
 
@@ -51,13 +51,9 @@ esim = model.prepare_semantics(config, train.dataset)
 s = model.settings
 
 names = model.item_names(train.dataset, s.prompt_item_field)
-encoder_path = s.text_encoder_path or default_encoder_path()
-encoder = TextEncoder(encoder_path, device="cpu")
-texts = [n or "" for n in names]
-items = model.cache.get_or_compute_arrays(
-    text_embedding_key(model.cache, texts, encoder_path),
-    lambda: {"emb": encoder.encode(texts, batch_size=s.text_encoder_batch_size,
-                                   show_progress=True)})["emb"]
+items = encode_cached(model.cache, [n or "" for n in names],
+                      s.text_encoder_path or default_encoder_path(), s.text_encoder_batch_size,
+                      show_progress=True)
 items = torch.nn.functional.normalize(torch.as_tensor(items, dtype=torch.float32), dim=-1)
 semantic = torch.nn.functional.normalize(torch.as_tensor(esim["semantic"], dtype=torch.float32),
                                          dim=-1)                       # [C, M, D]

@@ -94,6 +94,18 @@ def text_embedding_key(cache: Cache, texts, encoder_path: str) -> str:
                      max_length=MAX_LENGTH)
 
 
+def encode_cached(cache: Cache, texts, path: str, batch_size: int, show_progress: bool = False,
+                  encoder: "TextEncoder" = None, device=None) -> np.ndarray:
+    """Each text's embedding by the encoder at ``path``, cached under
+    ``text_embedding_key`` (one layout for every caller: row i is text i); the
+    encoder is loaded only on a miss, unless one is given."""
+    def compute():
+        model = encoder or TextEncoder(path, max_length=MAX_LENGTH, device=device)
+        return {"emb": model.encode(list(texts), batch_size=batch_size, show_progress=show_progress)}
+
+    return cache.get_or_compute_arrays(text_embedding_key(cache, texts, path), compute)["emb"]
+
+
 def item_text_embeddings(dataset, config, cache: Cache = None, device=None) -> np.ndarray:
     """``[n_items, dim]`` embeddings of ``dataset.item_texts()`` (row 0 zeros), cached;
     or, with ``item_embedding_field``, the vectors of the item embedding file
@@ -103,13 +115,6 @@ def item_text_embeddings(dataset, config, cache: Cache = None, device=None) -> n
         return preloaded_item_embeddings(dataset, config["item_embedding_field"])
     cache = cache or Cache.from_config(config)
     texts = dataset.item_texts()
-    path = config["text_encoder_path"] or default_encoder_path()
-    key = text_embedding_key(cache, texts, path)
-
-    def compute():
-        encoder = TextEncoder(path, max_length=MAX_LENGTH, device=device)
-        emb = encoder.encode(texts[1:], batch_size=config["text_encoder_batch_size"],
-                             show_progress=config["show_progress"])
-        return {"emb": np.vstack([np.zeros((1, emb.shape[1]), np.float32), emb])}
-
-    return cache.get_or_compute_arrays(key, compute)["emb"]
+    emb = encode_cached(cache, texts[1:], config["text_encoder_path"] or default_encoder_path(),
+                        config["text_encoder_batch_size"], config["show_progress"], device=device)
+    return np.vstack([np.zeros((1, emb.shape[1]), emb.dtype), emb])

@@ -147,7 +147,7 @@ class EIMF(LLMRecommender, SequentialRecommender):
         return esim
 
     def _semantic_interests(self, config, dataset) -> dict:
-        from recbole_llm.llm.encoder import MAX_LENGTH, default_encoder_path, text_embedding_key
+        from recbole_llm.llm.encoder import MAX_LENGTH, default_encoder_path, encode_cached
 
         s, cache = self.settings, self.cache
         encoder_path = s.text_encoder_path or default_encoder_path()
@@ -193,9 +193,8 @@ class EIMF(LLMRecommender, SequentialRecommender):
             return need <= s.llm_max_prompt_tokens
 
         def encode(texts):  # cached per text list (user texts recur across settings)
-            key = text_embedding_key(cache, texts, encoder_path)
-            return cache.get_or_compute_arrays(key, lambda: {"emb": encoder.encode(
-                texts, batch_size=s.text_encoder_batch_size, show_progress=s.show_progress)})["emb"]
+            return encode_cached(cache, texts, encoder_path, s.text_encoder_batch_size,
+                                 s.show_progress, encoder=encoder)
 
         limit = encoder.max_length - 2  # [CLS] and [SEP]
 
