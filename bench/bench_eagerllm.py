@@ -70,6 +70,14 @@ ROWS = {
     # every semantic prefix) decide the item, instead of a rank at the second level
     "unit_k32": dict(EAGER, epochs=10, stopping_step=2, index_k=32, index_collision="extra_code",
                      llm_max_prompt_tokens=180),
+    # code tokens seeded from the exogenous vectors of the items they name
+    # (code_token_init: centroid) instead of transformers' mean row, which makes every
+    # code token one vector in this random-init backbone: level tokens against
+    # unit_dropout, node tokens (each second-level token names one item) against unit_node
+    "unit_centroid": dict(EAGER, epochs=10, stopping_step=2, code_token_init="centroid",
+                          cpu_threads=1),
+    "unit_node_centroid": dict(EAGER, epochs=10, stopping_step=2, index_tokens="node",
+                               code_token_init="centroid", cpu_threads=1),
 }
 
 def row(name, force=False, seed=FIRST_SEED):

@@ -365,3 +365,52 @@ def test_trie_softmax_scores_codes_over_valid_children_only(eager):
     finally:
         model.settings = saved
         model.eval()
+
+
+def test_item_space_keeps_inner_products_and_centroids_average_items():
+    from recbole_llm.llm.token_init import code_centroids, item_space
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 6)) + 3.0
+    z = item_space(x, hidden=10, seed=1)
+    c = x - x.mean(0)
+    assert z.shape == (50, 10) and np.allclose(z @ z.T, c @ c.T)
+    used, means = code_centroids(np.array([2, 0, 2, 2]), z[:4])
+    assert used.tolist() == [0, 2] and np.allclose(means[1], z[[0, 2, 3]].mean(0))
+
+
+@pytest.mark.parametrize("init", ["mean", "centroid"])
+def test_code_tokens_start_from_the_items_they_name(tmp_path_factory, init):
+    """transformers' mean init makes every code token one vector in a random-init
+    backbone; centroid rows follow the geometry of the items' exogenous vectors."""
+    from recbole_llm.llm.token_init import code_centroids, item_space
+
+    _, _, model, _ = build_model(tmp_path_factory, "EAGERLLM", "beauty-tiny",
+                                 dict(TINY_EAGER, code_token_init=init))
+    table = model.llm.get_input_embeddings().weight.detach().double()
+    old = table[[i for i in range(len(table)) if i not in set(model._new_token_ids)]]
+    index = model.index
+    level = index.prefixes.index("s1")
+    used = np.unique(index.codes[1:, level])
+    rows = table[model.tokenizer.convert_tokens_to_ids([index.token(level, c) for c in used])]
+    if init == "mean":
+        assert rows.std(0).max() < 1e-3 * old.std()
+        return
+    assert rows.std() == pytest.approx(old.std().item(), rel=0.5)
+    sem = item_space(model.sem_emb[1:].numpy(), table.shape[1], model.settings.seed)
+    _, centroids = code_centroids(index.codes[1:, level], sem)
+    got = (rows - old.mean(0)).numpy()
+    assert np.corrcoef((got @ got.T).ravel(), (centroids @ centroids.T).ravel())[0, 1] > 0.999
+
+
+def test_centroid_token_init_refuses_the_random_index():
+    from recbole_llm.errors import InputError
+    from recbole_llm.model.eagerllm import EAGERLLM
+
+    final = {"num_beams": 20, "topk": [10], "seqrec_template": ["{history} next"],
+             "task_loss_weights": {"seqrec": 1.0}, "index_composition": "random"}
+    with pytest.raises(InputError, match="code_token_init: random"):
+        EAGERLLM.check_settings(dict(final, code_token_init="centroid"))
+    with pytest.raises(InputError, match="code_token_init must be"):
+        EAGERLLM.check_settings(dict(final, code_token_init="zeros"))
+    EAGERLLM.check_settings(dict(final, code_token_init="random"))

@@ -25,17 +25,20 @@ What makes it EAGER-LLM, and where it lives here:
 * Inference: constrained beam search (beam 20) over valid item codes only,
   turned into RecBole's full-sort scores.
 """
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from recbole_llm.distributed import gather_rows
 from recbole_llm.llm.encoder import item_text_embeddings
+from recbole_llm.llm.token_init import TOKEN_INITS, code_centroids, item_space, seed_token_rows
 from recbole_llm.model.conventional import checkpoint_item_embeddings, train_item_embeddings
 from recbole_llm.model.eagerllm.index import build_dual_source_codes, index_key
 from recbole_llm.model.eagerllm.settings import EAGERSettings
 from recbole_llm.model.generative import GenerativeRecommender
 from recbole_llm.model.layers import info_nce, projector
 from recbole_llm.tokenization import ItemIndex, node_codes, prefix_blocks
+from recbole_llm.errors import InputError
 
 CON_TOKEN = "[CON]"
 
@@ -73,6 +76,7 @@ class EAGERLLM(GenerativeRecommender):
         llm, code_ids, (self.con_id,) = self.load_llm(corpus, self.index.tokens(), [CON_TOKEN])
         self.trie = self.index.bind(self.tokenizer)
         self._new_token_ids = code_ids + [self.con_id]
+        self._init_code_tokens(llm, sem, beh)
         self.tune_llm(llm, self._new_token_ids)
 
         # --- templates (the first of each task is the one used at inference), the
@@ -98,6 +102,17 @@ class EAGERLLM(GenerativeRecommender):
         self.register_buffer("annealed", torch.tensor(False))
         self._check_lengths()
 
+    @classmethod
+    def check_settings(cls, final: dict) -> None:
+        super().check_settings(final)
+        init = final.get("code_token_init")
+        if init not in TOKEN_INITS:
+            raise InputError(f"code_token_init must be one of {', '.join(TOKEN_INITS)}, not {init!r}")
+        if init == "centroid" and final.get("index_composition") == "random":
+            raise InputError("code_token_init: centroid seeds each code token from the items it "
+                             "names, which would give the random index's codes the knowledge the "
+                             "ablation leaves out: set code_token_init: random (or mean)")
+
     # ------------------------------------------------------------------ index
     def _build_index(self, sem, beh, cache, dataset) -> ItemIndex:
         """Built once per embedding tables and settings (every setting keys it,
@@ -118,6 +133,34 @@ class EAGERLLM(GenerativeRecommender):
             index.raw_collision_rate = raw
         index.save(cache, key)
         return index
+
+    def _init_code_tokens(self, llm, sem, beh) -> None:
+        """Code tokens' first rows (``code_token_init``): transformers' table mean
+        (``mean``), random rows like the rest of the table (``random``), or the
+        mean of the exogenous vectors of the items each token names, semantic
+        levels from the text embeddings and behaviour levels from the behaviour
+        table (``centroid``; an extra collision level from both)."""
+        s = self.settings
+        if s.code_token_init == "mean":
+            return
+        hidden = llm.get_input_embeddings().weight.shape[1]
+        rng = np.random.default_rng(s.seed)
+        space = {}
+        if s.code_token_init == "centroid":
+            space = {"s": item_space(np.asarray(sem)[1:], hidden, s.seed),
+                     "b": item_space(np.asarray(beh)[1:], hidden, s.seed + 1)}
+            space["x"] = (space["s"] + space["b"]) / 2
+        groups = []
+        for level, prefix in enumerate(self.index.prefixes):
+            codes = self.index.codes[1:, level]
+            if space:
+                used, vectors = code_centroids(codes, space[prefix[0]])
+            else:
+                used = np.unique(codes)
+                vectors = rng.standard_normal((len(used), hidden))
+            ids = self.tokenizer.convert_tokens_to_ids([self.index.token(level, c) for c in used])
+            groups.append((ids, vectors))
+        seed_token_rows(llm, groups, self._new_token_ids)
 
     def _check_lengths(self) -> None:
         """Every task's longest sequence fits ``llm_max_prompt_tokens`` (checked

@@ -19,6 +19,7 @@ class EAGERSettings(LLMSettings):
     index_behavior_levels: int
     index_kmeans_iters: int
     index_collision: str
+    code_token_init: str
     behavior_model: str
     behavior_epochs: int
     behavior_model_args: dict
