@@ -367,40 +367,62 @@ def test_trie_softmax_scores_codes_over_valid_children_only(eager):
         model.eval()
 
 
-def test_item_space_keeps_inner_products_and_centroids_average_items():
-    from recbole_llm.llm.token_init import code_centroids, item_space
+def _top_components_gram(x, vectors, r):
+    """Gram of ``vectors`` projected on the top ``r`` principal axes of ``x``
+    (eigenvectors of its covariance: computed apart from PCAMap's SVD)."""
+    mu = x.mean(0)
+    w, v = np.linalg.eigh(np.cov(x - mu, rowvar=False))
+    z = (vectors - mu) @ v[:, np.argsort(w)[::-1][:r]]
+    return z @ z.T
+
+
+@pytest.mark.parametrize("hidden", [4, 10])
+def test_pca_map_keeps_the_top_components_and_is_linear(hidden):
+    from recbole_llm.llm.token_init import PCAMap, code_centroids
 
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(50, 6)) + 3.0
-    z = item_space(x, hidden=10, seed=1)
-    c = x - x.mean(0)
-    assert z.shape == (50, 10) and np.allclose(z @ z.T, c @ c.T)
-    used, means = code_centroids(np.array([2, 0, 2, 2]), z[:4])
-    assert used.tolist() == [0, 2] and np.allclose(means[1], z[[0, 2, 3]].mean(0))
+    x = rng.normal(size=(60, 6)) * np.array([5, 4, 3, 2, 1, 0.5]) + 3.0
+    z = PCAMap(x, hidden, seed=1)(x)
+    assert z.shape == (60, hidden)
+    assert np.allclose(z @ z.T, _top_components_gram(x, x, min(hidden, 6)))
+    used, means = code_centroids(np.array([2, 0, 2, 2]), x[:4])
+    assert used.tolist() == [0, 2] and np.allclose(means[1], x[[0, 2, 3]].mean(0))
+    assert np.allclose(PCAMap(x, hidden, 1)(means), [z[1], z[[0, 2, 3]].mean(0)])
 
 
-@pytest.mark.parametrize("init", ["mean", "centroid"])
+@pytest.mark.parametrize("init", ["mean", "random", "centroid"])
 def test_code_tokens_start_from_the_items_they_name(tmp_path_factory, init):
     """transformers' mean init makes every code token one vector in a random-init
-    backbone; centroid rows follow the geometry of the items' exogenous vectors."""
-    from recbole_llm.llm.token_init import code_centroids, item_space
-
+    backbone; centroid rows (input and the untied output layer) follow the
+    geometry of the named items' own source: text for s-levels, behaviour for
+    b-levels; the extra collision level and ``random`` get distinct random rows."""
     _, _, model, _ = build_model(tmp_path_factory, "EAGERLLM", "beauty-tiny",
                                  dict(TINY_EAGER, code_token_init=init))
-    table = model.llm.get_input_embeddings().weight.detach().double()
-    old = table[[i for i in range(len(table)) if i not in set(model._new_token_ids)]]
-    index = model.index
-    level = index.prefixes.index("s1")
-    used = np.unique(index.codes[1:, level])
-    rows = table[model.tokenizer.convert_tokens_to_ids([index.token(level, c) for c in used])]
-    if init == "mean":
-        assert rows.std(0).max() < 1e-3 * old.std()
-        return
-    assert rows.std() == pytest.approx(old.std().item(), rel=0.5)
-    sem = item_space(model.sem_emb[1:].numpy(), table.shape[1], model.settings.seed)
-    _, centroids = code_centroids(index.codes[1:, level], sem)
-    got = (rows - old.mean(0)).numpy()
-    assert np.corrcoef((got @ got.T).ravel(), (centroids @ centroids.T).ravel())[0, 1] > 0.999
+    llm, index = model.llm, model.index
+    tables = [llm.get_input_embeddings().weight, llm.get_output_embeddings().weight]
+    assert tables[0].data_ptr() != tables[1].data_ptr()  # the default head is untied
+    new = set(model._new_token_ids)
+    sources = {"s": model.sem_emb[1:].double().numpy(), "b": model.beh_emb[1:].double().numpy()}
+    assert index.prefixes == ["s1", "s2", "b1", "b2", "x"]
+    for table in tables:
+        table = table.detach().double()
+        old = table[[i for i in range(len(table)) if i not in new]]
+        for level, prefix in enumerate(index.prefixes):
+            codes = index.codes[1:, level]
+            used = np.unique(codes)
+            rows = table[model.tokenizer.convert_tokens_to_ids([index.token(level, c) for c in used])]
+            if init == "mean":
+                assert rows.std(0).max() < 1e-3 * old.std()
+                continue
+            assert rows.std().item() == pytest.approx(old.std().item(), rel=0.2)
+            if init == "random" or prefix == "x":
+                assert torch.cdist(rows, rows).fill_diagonal_(1).min() > 0.5 * old.std()
+                continue
+            x = sources[prefix[0]]
+            centroids = np.stack([x[codes == c].mean(0) for c in used])
+            expected = _top_components_gram(x, centroids, min(table.shape[1], x.shape[1]))
+            got = (rows - old.mean(0)).numpy()
+            assert np.corrcoef((got @ got.T).ravel(), expected.ravel())[0, 1] > 0.999, prefix
 
 
 def test_centroid_token_init_refuses_the_random_index():

@@ -1,11 +1,12 @@
 """Starting vectors for tokens added to an LLM's vocabulary.
 
-transformers starts every added row at the table's mean (so a pretrained model
-keeps its output distribution): in a randomly initialised backbone every code
-token is then the same vector (spread 1e-6 against 0.02) until gradients tell
-them apart.  Seeding a code token from the exogenous vectors of the items it
-names gives it that meaning from the first step; ``random`` breaks only the
-symmetry, as the rest of a random-init table.
+transformers starts every added row near the table's mean (so a pretrained
+model keeps its output distribution; the added rows differ by about 1e-5 of
+the table's spread): in a randomly initialised backbone every code token is
+then one vector until gradients tell them apart.  Seeding a code token from
+the exogenous vectors of the items it names gives it that meaning from the
+first step; random rows break only the symmetry, as in the rest of a
+random-init table.
 """
 import numpy as np
 import torch
@@ -13,24 +14,30 @@ import torch
 TOKEN_INITS = ("mean", "random", "centroid")
 
 
-def item_space(features: np.ndarray, hidden: int, seed: int) -> np.ndarray:
-    """Items' vectors ``[n, hidden]`` keeping their main directions: centred,
-    reduced by PCA to ``min(d, hidden)`` dimensions, then sent into ``hidden``
-    by a fixed random orthonormal map (inner products kept, each source in its
-    own random subspace)."""
-    x = np.asarray(features, dtype=np.float64)
-    x = x - x.mean(0, keepdims=True)
-    r = min(hidden, x.shape[1], len(x))
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((hidden, r)))
-    return (x @ vt[:r].T) @ q.T
+class PCAMap:
+    """Vectors of one source ``[n, d]`` -> ``[n, hidden]``: centred, reduced by
+    PCA to ``min(d, hidden)`` dimensions, then sent into ``hidden`` by a fixed
+    random orthonormal map (inner products within the kept components are
+    kept; each source lands in its own random subspace).  Linear, so the map
+    of a mean is the mean of the maps."""
+
+    def __init__(self, features: np.ndarray, hidden: int, seed: int):
+        x = np.asarray(features, dtype=np.float64)
+        self.mean = x.mean(0)
+        r = min(hidden, x.shape[1], len(x))
+        _, _, vt = np.linalg.svd(x - self.mean, full_matrices=False)
+        q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((hidden, r)))
+        self.weight = vt[:r].T @ q.T  # [d, hidden]
+
+    def __call__(self, vectors: np.ndarray) -> np.ndarray:
+        return (np.asarray(vectors, dtype=np.float64) - self.mean) @ self.weight
 
 
 def code_centroids(codes: np.ndarray, vectors: np.ndarray):
     """``(codes in use, mean vector of the items holding each)`` for one level."""
     used, inverse = np.unique(np.asarray(codes), return_inverse=True)
     sums = np.zeros((len(used), vectors.shape[1]))
-    np.add.at(sums, inverse.reshape(-1), vectors)
+    np.add.at(sums, inverse.reshape(-1), np.asarray(vectors, dtype=np.float64))
     return used, sums / np.bincount(inverse.reshape(-1))[:, None]
 
 
@@ -42,6 +49,23 @@ def _tables(model) -> list:
     return tables
 
 
+def _row_stats(table, skip) -> tuple:
+    """Mean row and per-entry standard deviation of ``table`` without the rows
+    ``skip``, in float64 chunks (no full copy of a large vocabulary)."""
+    total = torch.zeros(table.shape[1], dtype=torch.float64, device=table.device)
+    squares = torch.zeros((), dtype=torch.float64, device=table.device)
+    for chunk in table.detach().split(8192):
+        chunk = chunk.double()
+        total += chunk.sum(0)
+        squares += chunk.pow(2).sum()
+    sub = table.detach()[skip].double()
+    n = table.shape[0] - len(skip)
+    total, squares = total - sub.sum(0), squares - sub.pow(2).sum()
+    mean = total / n
+    var = squares / (n * table.shape[1]) - mean.pow(2).mean()
+    return mean, var.clamp_min(0).sqrt()
+
+
 @torch.no_grad()
 def seed_token_rows(model, groups, new_ids) -> None:
     """Set the rows of each group ``(token ids, vectors [n, hidden])`` in the
@@ -49,15 +73,13 @@ def seed_token_rows(model, groups, new_ids) -> None:
     vectors scaled, group by group, to the per-entry spread of the table's rows
     outside ``new_ids`` (the tokens just added, still at the mean)."""
     for table in _tables(model):
-        keep = torch.ones(table.shape[0], dtype=torch.bool, device=table.device)
-        keep[torch.as_tensor(list(new_ids), dtype=torch.long, device=table.device)] = False
-        old = table[keep].float()
-        mean, spread = old.mean(0), old.std()
+        skip = torch.as_tensor(sorted(set(new_ids)), dtype=torch.long, device=table.device)
+        mean, spread = _row_stats(table, skip)
         for ids, vectors in groups:
-            v = torch.as_tensor(np.asarray(vectors), dtype=torch.float32, device=table.device)
+            v = torch.as_tensor(np.asarray(vectors), dtype=torch.float64, device=table.device)
             if v.shape != (len(ids), table.shape[1]):
                 raise ValueError(f"token vectors {tuple(v.shape)} for {len(ids)} tokens of "
                                  f"width {table.shape[1]}")
             scale = spread / v.std().clamp_min(1e-12)
-            table[torch.as_tensor(list(ids), dtype=torch.long, device=table.device)] = \
-                (mean + v * scale).to(table.dtype)
+            rows = torch.as_tensor(list(ids), dtype=torch.long, device=table.device)
+            table[rows] = (mean + v * scale).to(table.dtype)

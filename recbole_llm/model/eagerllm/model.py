@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from recbole_llm.distributed import gather_rows
 from recbole_llm.llm.encoder import item_text_embeddings
-from recbole_llm.llm.token_init import TOKEN_INITS, code_centroids, item_space, seed_token_rows
+from recbole_llm.llm.token_init import TOKEN_INITS, PCAMap, code_centroids, seed_token_rows
 from recbole_llm.model.conventional import checkpoint_item_embeddings, train_item_embeddings
 from recbole_llm.model.eagerllm.index import build_dual_source_codes, index_key
 from recbole_llm.model.eagerllm.settings import EAGERSettings
@@ -118,7 +118,8 @@ class EAGERLLM(GenerativeRecommender):
         """Built once per embedding tables and settings (every setting keys it,
         so none that shapes it can be forgotten; a rebuild is deterministic)."""
         s = self.settings
-        key = index_key(cache, sem, beh, s.key_parts(memo_dir=cache.root))
+        key = index_key(cache, sem, beh, s.key_parts(exclude=("code_token_init",),
+                                                      memo_dir=cache.root))
         if cache.has_arrays(key):
             return ItemIndex.load(cache, key)
         codes, prefixes = build_dual_source_codes(
@@ -139,22 +140,24 @@ class EAGERLLM(GenerativeRecommender):
         (``mean``), random rows like the rest of the table (``random``), or the
         mean of the exogenous vectors of the items each token names, semantic
         levels from the text embeddings and behaviour levels from the behaviour
-        table (``centroid``; an extra collision level from both)."""
+        table (``centroid``; an extra collision level, a rank among colliding
+        items, gets random rows)."""
         s = self.settings
         if s.code_token_init == "mean":
             return
         hidden = llm.get_input_embeddings().weight.shape[1]
         rng = np.random.default_rng(s.seed)
-        space = {}
+        sources, maps = {}, {}
         if s.code_token_init == "centroid":
-            space = {"s": item_space(np.asarray(sem)[1:], hidden, s.seed),
-                     "b": item_space(np.asarray(beh)[1:], hidden, s.seed + 1)}
-            space["x"] = (space["s"] + space["b"]) / 2
+            sources = {"s": np.asarray(sem, dtype=np.float64)[1:],
+                       "b": np.asarray(beh, dtype=np.float64)[1:]}
+            maps = {p: PCAMap(x, hidden, s.seed + (p == "b")) for p, x in sources.items()}
         groups = []
         for level, prefix in enumerate(self.index.prefixes):
             codes = self.index.codes[1:, level]
-            if space:
-                used, vectors = code_centroids(codes, space[prefix[0]])
+            if prefix[0] in sources:  # centroids in the source's space, then mapped
+                used, centroids = code_centroids(codes, sources[prefix[0]])
+                vectors = maps[prefix[0]](centroids)
             else:
                 used = np.unique(codes)
                 vectors = rng.standard_normal((len(used), hidden))
