@@ -126,9 +126,9 @@ def one_size(n: int, args) -> dict:
 
     from recbole_llm.model.eagerllm.index import build_dual_source_codes
     from recbole_llm.model.screc.tokenizer import train_alignment_tokenizer
-    from recbole_llm.utils import set_cpu_threads
+    from recbole_llm.utils import configure_cpu
 
-    set_cpu_threads(args.threads)
+    configure_cpu(args.threads)
     out = {"items": n}
     sem, beh = synthetic_items(n)
 

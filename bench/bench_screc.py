@@ -56,10 +56,10 @@ def row(name, force=False, seed=FIRST_SEED):
 def serving(seed=FIRST_SEED) -> dict:
     """Top-K cache of the screc row: build time per 1,000 users, lookup latency."""
     from recbole_llm.serving import TopKCache, load_model
-    from recbole_llm.utils import set_cpu_threads
+    from recbole_llm.utils import configure_cpu
 
     result = row("screc", seed=seed)
-    set_cpu_threads(2)
+    configure_cpu(2)
     start = time.perf_counter()
     _, dataset, model = load_model(os.path.join(HERE, "..", result["checkpoint"]),
                                    show_progress=False, state="WARNING")

@@ -58,11 +58,11 @@ spec = json.loads(sys.stdin.read())
 sys.argv = sys.argv[:1]
 from recbole_llm.config import Config
 from recbole_llm.quick_start import build
-from recbole_llm.utils import set_cpu_threads
+from recbole_llm.utils import configure_cpu
 from recbole.utils import init_logger, init_seed
 config = Config(model=spec["model"], dataset=spec["dataset"], config_file_list=spec["files"],
                 config_dict=spec["settings"], argv=[])
-set_cpu_threads(config["cpu_threads"])
+configure_cpu(config["cpu_threads"])
 init_seed(config["seed"], config["reproducibility"])
 init_logger(config)
 start = time.perf_counter()

@@ -18,14 +18,14 @@ ONE_RUN = r"""
 import json, sys, time
 from recbole_llm.quick_start import build
 from recbole_llm.config import Config
-from recbole_llm.utils import set_cpu_threads
+from recbole_llm.utils import configure_cpu
 from recbole.utils import init_logger
 model, threads = sys.argv[1], int(sys.argv[2])
 extra = {"MAX_ITEM_LIST_LENGTH": 20, "train_neg_sample_args": None} if model == "SASRec" else {}
 sys.argv = sys.argv[:1]
 config = Config(model=model, dataset="ml-100k", config_dict=dict(
     extra, epochs=1, show_progress=False, cpu_threads=threads, state="WARNING"))
-set_cpu_threads(threads)
+configure_cpu(threads)
 init_logger(config)
 _, (train, valid, test), _, trainer = build(config)
 start = time.perf_counter()

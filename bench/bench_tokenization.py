@@ -25,7 +25,7 @@ import recbole_llm  # noqa: F401
 from recbole_llm.llm.backbone import small_llama
 from recbole_llm.llm.generation import constrained_beam_search
 from recbole_llm.tokenization import ItemIndex, PrefixTrie, hierarchical_kmeans, rq_kmeans
-from recbole_llm.utils import set_cpu_threads
+from recbole_llm.utils import configure_cpu
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -112,7 +112,7 @@ def main():
     parser.add_argument("--beauty_data_path", default=os.path.join(HERE, "..", "..", "shared", "data"),
                         help="folder holding amazon_beauty_5core/")
     args = parser.parse_args()
-    set_cpu_threads(args.threads)
+    configure_cpu(args.threads)
     results = os.path.join(HERE, "results")
     os.makedirs(results, exist_ok=True)
     stamp = f"{args.threads} thread(s), {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}"

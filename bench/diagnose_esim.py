@@ -35,7 +35,7 @@ from recbole.utils import init_logger, init_seed  # noqa: E402
 from recbole_llm.config import Config  # noqa: E402
 from recbole_llm.llm.encoder import default_encoder_path, encode_cached  # noqa: E402
 from recbole_llm.quick_start import build  # noqa: E402
-from recbole_llm.utils import set_cpu_threads  # noqa: E402
+from recbole_llm.utils import configure_cpu  # noqa: E402
 
 row = json.load(open(path))
 settings = dict(row["settings"])
@@ -43,7 +43,7 @@ model_name, dataset = settings.pop("model"), settings.pop("dataset")
 if model_name != "EIMF" or not (settings.get("align_weight") or settings.get("semantic_weight")):
     sys.exit(f"{path}: not an EIMF row with ESIM (align_weight or semantic_weight > 0)")
 config = Config(model=model_name, dataset=dataset, config_dict=dict(settings, state="WARNING"))
-set_cpu_threads(config["cpu_threads"])
+configure_cpu(config["cpu_threads"])
 init_seed(config["seed"], config["reproducibility"])
 init_logger(config)
 _, (train, valid, test), model, _ = build(config)

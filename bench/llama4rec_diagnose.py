@@ -32,14 +32,14 @@ from recbole.utils import init_logger, init_seed  # noqa: E402
 
 from recbole_llm.config import Config  # noqa: E402
 from recbole_llm.quick_start import build  # noqa: E402
-from recbole_llm.utils import set_cpu_threads  # noqa: E402
+from recbole_llm.utils import configure_cpu  # noqa: E402
 
 row = json.load(open(path))
 settings = dict(row["settings"])
 settings.pop("_head_share", None)
 model_name, dataset = settings.pop("model"), settings.pop("dataset")
 config = Config(model=model_name, dataset=dataset, config_dict=dict(settings, state="WARNING"))
-set_cpu_threads(config["cpu_threads"])
+configure_cpu(config["cpu_threads"])
 init_seed(config["seed"], config["reproducibility"])
 init_logger(config)
 _, (train, valid, test), model, trainer = build(config)

@@ -18,7 +18,7 @@ import torch
 import bench_eagerllm
 from recbole_llm.config import Config
 from recbole_llm.quick_start import build
-from recbole_llm.utils import set_cpu_threads
+from recbole_llm.utils import configure_cpu
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VARIANTS = {"align (default)": {}, "no_align": {"align_weight": 0.0}}
@@ -31,7 +31,7 @@ def measure(name, extra, threads):
                     behavior_checkpoint=bench_eagerllm.row("sasrec")["checkpoint"], **extra)
     start = time.time()
     config = Config(model="SCRec", dataset="amazon_beauty_5core", config_dict=settings, argv=[])
-    set_cpu_threads(threads)
+    configure_cpu(threads)
     _, (train, valid, _), model, _ = build(config)
     report = dict(model.tokenizer_report, build_s=round(time.time() - start, 1))
     if extra:

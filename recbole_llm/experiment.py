@@ -87,9 +87,9 @@ def run_experiment(config, resume_prefix=None, on_test=None) -> dict:
     from recbole.utils import init_logger, init_seed
 
     from recbole_llm.quick_start import build, check_inputs
-    from recbole_llm.utils import set_cpu_threads
+    from recbole_llm.utils import configure_cpu
 
-    set_cpu_threads(config["cpu_threads"])
+    configure_cpu(config["cpu_threads"])
     init_seed(config["seed"], config["reproducibility"])
     check_inputs(config)
     init_logger(config)

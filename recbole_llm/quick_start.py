@@ -26,7 +26,7 @@ from recbole_llm.errors import InputError
 from recbole_llm.experiment import plain_result
 from recbole_llm.options import parse_argv
 from recbole_llm.trainer import check_resume_checkpoint
-from recbole_llm.utils import set_cpu_threads
+from recbole_llm.utils import configure_cpu
 
 __all__ = ["InputError", "build", "check_inputs", "create_dataset", "main", "objective_function",
            "prepare_data", "run_recbole_llm"]
@@ -174,7 +174,7 @@ def run_recbole_llm(model=None, dataset=None, config_file_list=None, config_dict
     Bad input raises :class:`InputError` before any long work."""
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
                     config_dict=config_dict, argv=argv)
-    set_cpu_threads(config["cpu_threads"])
+    configure_cpu(config["cpu_threads"])
     init_seed(config["seed"], config["reproducibility"])
     check_inputs(config)
     init_logger(config)
@@ -209,7 +209,7 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     from ``config_file_list`` (model, dataset, fixed settings) and ``config_dict``
     (the trial's parameters) only, never from the host's command line."""
     config = Config(config_dict=config_dict, config_file_list=config_file_list, argv=[])
-    set_cpu_threads(config["cpu_threads"])
+    configure_cpu(config["cpu_threads"])
     init_seed(config["seed"], config["reproducibility"])
     check_inputs(config)
     logger = getLogger()

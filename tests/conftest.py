@@ -10,13 +10,13 @@ import threading
 import pytest
 
 import recbole_llm  # noqa: F401  (compat shims first)
-from recbole_llm.utils import set_cpu_threads
+from recbole_llm.utils import configure_cpu
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(TESTS, "data")
 REPO = os.path.dirname(TESTS)
 
-set_cpu_threads(1)
+configure_cpu(1)
 
 # Settings that make the tiny slices train in seconds.
 ML_TINY = {
