@@ -45,6 +45,8 @@ ROWS = {
     "unit_signal": EAGER,
     # one at a time on both cores: two side by side on one thread each ran at 1.9 s per
     # step (half of it system time), against 0.65 s for one alone on one thread
+    # (measured before runs flushed denormals: session 20, after the flush, two rows side by
+    # side on one thread each ran at 0.6 and 1.05 s per step, unit_centroid and unit_node_centroid)
     "unit_multi": dict(EAGER, epochs=10, stopping_step=2, llm_dropout=0.0),
     # dropout (0.1, the default since) against unit_multi: the same budget without it
     "unit_dropout": dict(EAGER, epochs=10, stopping_step=2),

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from recbole_llm.distributed import gather_rows
+from recbole_llm.errors import InputError
 from recbole_llm.llm.encoder import item_text_embeddings
 from recbole_llm.llm.token_init import TOKEN_INITS, PCAMap, code_centroids, seed_token_rows
 from recbole_llm.model.conventional import checkpoint_item_embeddings, train_item_embeddings
@@ -38,7 +39,6 @@ from recbole_llm.model.eagerllm.settings import EAGERSettings
 from recbole_llm.model.generative import GenerativeRecommender
 from recbole_llm.model.layers import info_nce, projector
 from recbole_llm.tokenization import ItemIndex, node_codes, prefix_blocks
-from recbole_llm.errors import InputError
 
 CON_TOKEN = "[CON]"
 
